@@ -1,0 +1,1 @@
+"""Dialogue containers, batching and datasets."""

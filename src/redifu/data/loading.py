@@ -1,0 +1,70 @@
+"""Turning a :class:`~redifu.config.DataConfig` into a validated :class:`DialogueCorpus`."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+
+import numpy as np
+
+from redifu.config import DataConfig
+from redifu.data.dialogue import SPLITS, DataError, DatasetMetadata, Dialogue, DialogueCorpus
+
+
+def load_corpus(config: DataConfig) -> DialogueCorpus:
+    """Load (or generate) the dataset that ``config`` names, keep the requested modalities, validate."""
+    if config.path is None:
+        from redifu.data.synthetic import make_synthetic_corpus
+
+        try:
+            corpus = make_synthetic_corpus(config.preset, seed=config.seed, **dict(config.synthetic))
+        except (KeyError, ValueError, TypeError) as error:
+            message = error.args[0] if error.args else str(error)
+            raise DataError(f"data.synthetic: {message}") from None
+        source = f"synthetic:{config.preset}"
+    else:
+        raise DataError(
+            f"data.path: {config.path}: reading datasets from files is not supported yet "
+            "(only the built-in synthetic data; leave data.path unset)"
+        )
+    missing = [s for s in SPLITS if not corpus.splits.get(s)]
+    if missing:
+        raise DataError(f"{source}: split {missing[0]!r} is empty or missing")
+    if config.modalities is not None:
+        corpus = select_modalities(corpus, config.modalities, source=source)
+    corpus.validate(source)
+    return corpus
+
+
+def select_modalities(corpus: DialogueCorpus, modalities: tuple[str, ...], *, source: str) -> DialogueCorpus:
+    """A view of ``corpus`` with only ``modalities`` (text required)."""
+    if "text" not in modalities:
+        raise DataError(f"data.modalities: must include 'text', got {list(modalities)}")
+    available = corpus.metadata.modality_dims
+    for m in modalities:
+        if m not in available:
+            raise DataError(f"{source}: data.modalities: {m!r} not in this dataset ({list(available)})")
+    dims = {m: d for m, d in available.items() if m in modalities}
+    metadata = replace(corpus.metadata, modality_dims=dims)
+    splits = {
+        split: [replace(d, features={m: d.features[m] for m in dims}) for d in dialogues]
+        for split, dialogues in corpus.splits.items()
+    }
+    return DialogueCorpus(metadata=metadata, splits=splits)
+
+
+def fingerprint(corpus: DialogueCorpus) -> str:
+    """SHA-256 over the metadata and every array of every split (traces results to their data)."""
+    digest = hashlib.sha256()
+    digest.update(repr(sorted(corpus.metadata.to_dict().items())).encode())
+    for split in sorted(corpus.splits):
+        for dialogue in corpus.splits[split]:
+            digest.update(f"{split}/{dialogue.dialogue_id}".encode())
+            digest.update(np.ascontiguousarray(dialogue.speakers, dtype=np.int64).tobytes())
+            digest.update(np.ascontiguousarray(dialogue.labels, dtype=np.int64).tobytes())
+            for m in sorted(dialogue.features):
+                digest.update(np.ascontiguousarray(dialogue.features[m], dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+__all__ = ["load_corpus", "select_modalities", "fingerprint", "DataError", "Dialogue", "DatasetMetadata"]

@@ -1,0 +1,369 @@
+"""The ReDiFu model: a plain ``nn.Module``, built from one frozen :class:`ReDiFuConfig`.
+
+Pipeline (Liu et al., "Relational graph-driven differential denoising and diffusion attention
+fusion for multimodal conversation emotion recognition", Neurocomputing 2026):
+
+1. per-modality input standardisation and projection, speaker embedding, position encoding;
+2. differential-Transformer denoising of audio and visual (:mod:`redifu.nn.differential_attention`);
+3. relation-aware speaker graph inside and across modalities (:mod:`redifu.nn.relation_graph`);
+4. text-guided cross-modal diffusion fusion (:mod:`redifu.nn.fusion`);
+5. a classifier on the fused stream and auxiliary classifiers on each modality's stream.
+
+Every difference between datasets (feature sizes, classes, speakers) comes from the config;
+the model never branches on a dataset's name. Losses live in :mod:`redifu.training`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from redifu.data.dialogue import MODALITIES
+from redifu.nn.differential_attention import DifferentialDenoiser
+from redifu.nn.fusion import FUSIONS, build_fusion
+from redifu.nn.positional import SinusoidalPositionalEncoding
+from redifu.nn.relation_graph import GraphAttention, RelationGraph
+
+DENOISERS = ("off", "dual", "temporal")
+GRAPHS = ("off", "modality", "modality+cross")
+POSITION_ENCODINGS = ("none", "sinusoidal", "rotary")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ReDiFuConfig:
+    """Everything needed to build a :class:`ReDiFu` model. Frozen: never mutated once built.
+
+    Args:
+        modality_dims: Input feature size per modality; must contain ``text``.
+        num_classes: Number of emotion classes.
+        num_speakers: Number of speaker slots.
+        hidden_size: Model size ``D`` shared by every stage.
+        num_heads: Attention heads in the fusion stage (and default for the others).
+        dropout: Dropout everywhere.
+        position_encoding: ``none``, ``sinusoidal`` (added to inputs) or ``rotary`` (inside
+            every self-attention).
+        speaker_embedding: Add a learned speaker embedding to every modality's input.
+        denoiser: ``off``, ``dual`` (Ye et al. differential attention) or ``temporal`` (the
+            authors' previous-utterance variant).
+        denoiser_layers: Depth of the denoiser stack.
+        denoiser_heads: Differential heads (``None``: ``num_heads``); ``hidden_size`` must be
+            divisible by twice this number for ``dual``.
+        denoise_modalities: Which modalities are denoised (text optional).
+        graph: ``off``, ``modality`` (speaker subgraph inside each modality) or
+            ``modality+cross`` (plus edges between modalities).
+        graph_layers: Relational graph attention layers.
+        graph_heads: Graph attention heads (``None``: ``num_heads``).
+        graph_modalities: Modalities that take part in the graph (``None``: all).
+        window: Utterances at most this far apart are connected inside a modality.
+        cross_window: Utterances at most this far apart are connected across modalities.
+        speaker_aware: Type edges by same/other speaker (``False``: speaker-blind edges).
+        fusion: ``concat``, ``symmetric`` or ``text_guided``.
+        fusion_layers: Depth of the fusion stack.
+        ffn_mult: Feed-forward hidden size as a multiple of ``hidden_size``.
+        logit_weights: If set, the prediction is the weighted sum of the per-modality logits
+            with these fixed weights (the authors' recipe) instead of the fused classifier.
+    """
+
+    modality_dims: Mapping[str, int]
+    num_classes: int
+    num_speakers: int
+    hidden_size: int = 128
+    num_heads: int = 4
+    dropout: float = 0.3
+    position_encoding: str = "sinusoidal"
+    speaker_embedding: bool = True
+    denoiser: str = "dual"
+    denoiser_layers: int = 1
+    denoiser_heads: int | None = None
+    denoise_modalities: tuple[str, ...] = ("audio", "visual")
+    graph: str = "modality+cross"
+    graph_layers: int = 2
+    graph_heads: int | None = None
+    graph_modalities: tuple[str, ...] | None = None
+    window: int = 10
+    cross_window: int = 0
+    speaker_aware: bool = True
+    fusion: str = "text_guided"
+    fusion_layers: int = 2
+    ffn_mult: float = 2.0
+    logit_weights: Mapping[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        dims = dict(self.modality_dims)
+        unknown = [m for m in dims if m not in MODALITIES]
+        if unknown:
+            raise ConfigError(f"model.modality_dims: unknown modality {unknown[0]!r}; known: {MODALITIES}")
+        if "text" not in dims:
+            raise ConfigError("model.modality_dims: 'text' is required (text is the main stream)")
+        if any(int(d) < 1 for d in dims.values()):
+            raise ConfigError(f"model.modality_dims: feature sizes must be >= 1, got {dims}")
+        object.__setattr__(self, "modality_dims", {m: int(dims[m]) for m in MODALITIES if m in dims})
+        object.__setattr__(self, "denoise_modalities", tuple(self.denoise_modalities))
+        if self.graph_modalities is not None:
+            object.__setattr__(self, "graph_modalities", tuple(self.graph_modalities))
+        if self.logit_weights is not None:
+            object.__setattr__(self, "logit_weights", {k: float(v) for k, v in self.logit_weights.items()})
+        self._validate()
+
+    def _validate(self) -> None:
+        def need(condition: bool, key: str, message: str) -> None:
+            if not condition:
+                raise ConfigError(f"model.{key}: {message}, got {getattr(self, key)!r}")
+
+        need(self.num_classes >= 2, "num_classes", "must be >= 2")
+        need(self.num_speakers >= 1, "num_speakers", "must be >= 1")
+        need(self.hidden_size >= 2 and self.hidden_size % 2 == 0, "hidden_size", "must be a positive even number")
+        need(self.num_heads >= 1 and self.hidden_size % self.num_heads == 0, "num_heads", "must divide hidden_size")
+        need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        need(self.position_encoding in POSITION_ENCODINGS, "position_encoding", f"must be one of {POSITION_ENCODINGS}")
+        need(self.denoiser in DENOISERS, "denoiser", f"must be one of {DENOISERS}")
+        need(self.denoiser_layers >= 1, "denoiser_layers", "must be >= 1")
+        need(self.denoiser_heads is None or self.denoiser_heads >= 1, "denoiser_heads", "must be >= 1")
+        heads = self.denoiser_heads or self.num_heads
+        if self.denoiser == "dual":
+            need(self.hidden_size % (2 * heads) == 0, "denoiser_heads",
+                 f"2 x heads must divide hidden_size ({self.hidden_size}) for the dual denoiser")
+        else:
+            need(self.hidden_size % heads == 0, "denoiser_heads", "must divide hidden_size")
+        if self.position_encoding == "rotary":
+            need((self.hidden_size // self.num_heads) % 2 == 0, "num_heads", "rotary needs an even head size")
+        need(all(m in MODALITIES for m in self.denoise_modalities), "denoise_modalities",
+             f"must name modalities from {MODALITIES}")
+        need(self.graph in GRAPHS, "graph", f"must be one of {GRAPHS}")
+        need(self.graph_layers >= 1, "graph_layers", "must be >= 1")
+        need(self.graph_heads is None or (self.graph_heads >= 1 and self.hidden_size % self.graph_heads == 0),
+             "graph_heads", "must divide hidden_size")
+        if self.graph_modalities is not None:
+            need(len(self.graph_modalities) >= 1 and all(m in self.modality_dims for m in self.graph_modalities),
+                 "graph_modalities", f"must name modalities from {tuple(self.modality_dims)}")
+        need(self.window >= 0, "window", "must be >= 0")
+        need(self.cross_window >= 0, "cross_window", "must be >= 0")
+        need(self.fusion in FUSIONS, "fusion", f"must be one of {FUSIONS}")
+        need(self.fusion_layers >= 1, "fusion_layers", "must be >= 1")
+        need(self.ffn_mult > 0, "ffn_mult", "must be > 0")
+        if self.logit_weights is not None:
+            need(set(self.logit_weights) <= set(self.modality_dims), "logit_weights",
+                 f"must name modalities from {tuple(self.modality_dims)}")
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.modality_dims)
+
+    @property
+    def graph_modality_names(self) -> tuple[str, ...]:
+        return self.modalities if self.graph_modalities is None else tuple(
+            m for m in self.modalities if m in self.graph_modalities
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["modality_dims"] = dict(self.modality_dims)
+        data["denoise_modalities"] = list(self.denoise_modalities)
+        if self.graph_modalities is not None:
+            data["graph_modalities"] = list(self.graph_modalities)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ReDiFuConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"model.{unknown[0]}: unknown model option")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "ReDiFuConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+@dataclass
+class ReDiFuOutput:
+    """Model output.
+
+    Attributes:
+        logits: ``(B, N, C)`` prediction logits per utterance.
+        modality_logits: per modality ``(B, N, C)``, from the auxiliary classifiers.
+        attention: named attention maps and gates (``return_attention=True`` only).
+        graph_attention: relational graph attention weights (``return_attention=True`` only).
+    """
+
+    logits: Tensor
+    modality_logits: dict[str, Tensor]
+    attention: dict[str, Tensor] = field(default_factory=dict)
+    graph_attention: GraphAttention | None = None
+
+
+class ModalityEncoder(nn.Module):
+    """Standardise raw features with training statistics, then project to the model size.
+
+    ``h = LN(W ((x - mu) / sigma))``; ``mu`` and ``sigma`` are buffers saved with the model, so
+    prediction on new data applies exactly the standardisation used in training.
+
+    Shapes:
+        - x: ``(B, N, D_in)`` -> ``(B, N, D)``
+    """
+
+    def __init__(self, *, in_dim: int, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("feature_mean", torch.zeros(in_dim))
+        self.register_buffer("feature_std", torch.ones(in_dim))
+        self.proj = nn.Linear(in_dim, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def reset_parameters(self) -> None:
+        self.proj.reset_parameters()
+        self.norm.reset_parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.proj((x - self.feature_mean) / self.feature_std))
+
+
+class ReDiFu(nn.Module):
+    """The ReDiFu model. See the module docstring for the pipeline.
+
+    Args:
+        config (ReDiFuConfig): The frozen model configuration.
+
+    Shapes:
+        - features: per modality ``(B, N, D_m)`` float; every configured modality is required
+        - speakers: ``(B, N)`` long; mask: ``(B, N)`` bool, True = real utterance
+        - output logits: ``(B, N, C)``
+    """
+
+    def __init__(self, config: ReDiFuConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.hidden_size
+        rotary = config.position_encoding == "rotary"
+        self.encoders = nn.ModuleDict({m: ModalityEncoder(in_dim=d, dim=dim) for m, d in config.modality_dims.items()})
+        self.speaker_embedding = nn.Embedding(config.num_speakers, dim) if config.speaker_embedding else None
+        self.position = SinusoidalPositionalEncoding(dim=dim) if config.position_encoding == "sinusoidal" else None
+        self.input_dropout = nn.Dropout(config.dropout)
+        self.denoisers = nn.ModuleDict()
+        if config.denoiser != "off":
+            for m in config.modalities:
+                if m in config.denoise_modalities:
+                    self.denoisers[m] = DifferentialDenoiser(
+                        dim=dim,
+                        num_heads=config.denoiser_heads or config.num_heads,
+                        num_layers=config.denoiser_layers,
+                        variant=config.denoiser,
+                        dropout=config.dropout,
+                        ffn_mult=config.ffn_mult,
+                        rotary=rotary,
+                    )
+        self.graph = None
+        if config.graph != "off":
+            self.graph = RelationGraph(
+                dim=dim,
+                num_modalities=len(config.graph_modality_names),
+                num_layers=config.graph_layers,
+                num_heads=config.graph_heads or config.num_heads,
+                window=config.window,
+                cross_modal=config.graph == "modality+cross" and len(config.graph_modality_names) > 1,
+                cross_window=config.cross_window,
+                speaker_aware=config.speaker_aware,
+                dropout=config.dropout,
+            )
+        self.fusion = build_fusion(
+            config.fusion,
+            dim=dim,
+            modalities=config.modalities,
+            num_layers=config.fusion_layers,
+            num_heads=config.num_heads,
+            dropout=config.dropout,
+            ffn_mult=config.ffn_mult,
+            rotary=rotary,
+        )
+        self.classifier = nn.Sequential(
+            nn.Linear(dim, dim), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(dim, config.num_classes)
+        )
+        self.modality_classifiers = nn.ModuleDict({m: nn.Linear(dim, config.num_classes) for m in config.modalities})
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every learnable parameter (feature statistics are kept)."""
+        for encoder in self.encoders.values():
+            encoder.reset_parameters()
+        if self.speaker_embedding is not None:
+            nn.init.normal_(self.speaker_embedding.weight, std=0.02)
+        for module in (*self.denoisers.values(), self.graph, self.fusion):
+            if module is not None:
+                module.reset_parameters()
+        for module in (*self.classifier, *self.modality_classifiers.values()):
+            if isinstance(module, nn.Linear):
+                module.reset_parameters()
+
+    @torch.no_grad()
+    def set_feature_statistics(self, statistics: Mapping[str, tuple[Tensor, Tensor]]) -> None:
+        """Set each modality's standardisation (mean, std) from the training split."""
+        for modality, (mean, std) in statistics.items():
+            encoder = self.encoders[modality]
+            encoder.feature_mean.copy_(torch.as_tensor(mean, dtype=encoder.feature_mean.dtype))
+            encoder.feature_std.copy_(torch.as_tensor(std, dtype=encoder.feature_std.dtype).clamp_min(1e-6))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(
+        self,
+        features: Mapping[str, Tensor],
+        speakers: Tensor,
+        mask: Tensor,
+        *,
+        return_attention: bool = False,
+    ) -> ReDiFuOutput:
+        config = self.config
+        missing = [m for m in config.modalities if m not in features]
+        if missing:
+            raise ValueError(f"features: modality {missing[0]!r} is missing; this model takes {config.modalities}")
+        mask = mask.bool()
+        keep = mask.unsqueeze(-1).to(features["text"].dtype)  # (B, N, 1)
+        attention: dict[str, Tensor] = {}
+
+        streams: dict[str, Tensor] = {}
+        for m in config.modalities:
+            h = self.encoders[m](features[m])  # (B, N, D)
+            if self.speaker_embedding is not None:
+                h = h + self.speaker_embedding(speakers.clamp(0, config.num_speakers - 1))
+            if self.position is not None:
+                h = self.position(h)
+            streams[m] = self.input_dropout(h) * keep
+
+        for m, denoiser in self.denoisers.items():
+            streams[m], maps = denoiser(streams[m], mask, return_attention=return_attention)
+            if maps is not None:
+                attention.update({f"denoiser.{m}.layer{i}": a for i, a in enumerate(maps)})
+
+        graph_attention = None
+        if self.graph is not None:
+            names = config.graph_modality_names
+            graphed, graph_attention = self.graph(
+                [streams[m] for m in names], speakers, mask, return_attention=return_attention
+            )
+            streams.update(zip(names, graphed))
+
+        fused = self.fusion(streams, mask, return_attention=return_attention)
+        attention.update({f"fusion.{k}": v for k, v in fused.attention.items()})
+        modality_logits = {m: self.modality_classifiers[m](fused.streams[m]) for m in config.modalities}
+        if config.logit_weights is not None:
+            logits = sum(w * modality_logits[m] for m, w in config.logit_weights.items())
+        else:
+            logits = self.classifier(fused.fused)
+        return ReDiFuOutput(
+            logits=logits,
+            modality_logits=modality_logits,
+            attention=attention if return_attention else {},
+            graph_attention=graph_attention if return_attention else None,
+        )

@@ -1,0 +1,1 @@
+"""Neural-network building blocks of ReDiFu, each usable and testable alone."""

@@ -1,0 +1,1 @@
+"""Training, evaluation and metrics (the training system around the plain model)."""

@@ -1,0 +1,224 @@
+"""Tests of the relational graph attention layer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from redifu.nn.relational_attention import RelationalGraphAttention
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    # Tiny tensors gain nothing from intra-op threads, and idle OpenMP workers contending with
+    # other processes on a small machine can make each op take tens of milliseconds.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def config():
+    return dict(in_dim=6, out_dim=8, num_relations=4, num_heads=2)
+
+
+def random_graph(*, num_nodes: int, num_edges: int, num_relations: int, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    edge_index = torch.randint(0, num_nodes, (2, num_edges), generator=generator)
+    edge_type = torch.randint(0, num_relations, (num_edges,), generator=generator)
+    return edge_index, edge_type
+
+
+def dense_reference(layer: RelationalGraphAttention, x, edge_index, edge_type):
+    """Per-edge weight matrices (E, in, out): the naive formulation the layer must equal."""
+    H, D = layer.num_heads, layer.head_dim
+    src, dst = edge_index
+    weight = layer.relation_weights()[edge_type]  # (E, in, out)
+    z_src = torch.einsum("ei,eio->eo", x[src], weight).view(-1, H, D)  # (E, H, D)
+    z_dst = torch.einsum("ei,eio->eo", x[dst], weight).view(-1, H, D)
+    logits = (z_dst * layer.att_dst[edge_type]).sum(-1) + (z_src * layer.att_src[edge_type]).sum(-1)
+    logits = F.leaky_relu(logits, layer.negative_slope)  # (E, H)
+    alpha = torch.zeros_like(logits)
+    for i in dst.unique():
+        incoming = dst == i
+        alpha[incoming] = logits[incoming].softmax(dim=0)
+    out = torch.zeros(x.size(0), H, D, dtype=x.dtype).index_add_(0, dst, alpha.unsqueeze(-1) * z_src)
+    out = out.reshape(x.size(0), -1)
+    return (out + layer.bias if layer.bias is not None else out), alpha
+
+
+@pytest.mark.parametrize("num_heads", [1, 2, 4])
+@pytest.mark.parametrize("num_bases", [None, 2])
+@pytest.mark.parametrize("bias", [True, False])
+def test_matches_dense_per_edge_reference(config, num_heads, num_bases, bias):
+    config.update(num_heads=num_heads, num_bases=num_bases, bias=bias)
+    layer = RelationalGraphAttention(**config).double()
+    if bias:
+        torch.nn.init.normal_(layer.bias)
+    x = torch.randn(7, 6, dtype=torch.float64)
+    edge_index, edge_type = random_graph(num_nodes=7, num_edges=25, num_relations=4)
+    out, attention = layer(x, edge_index, edge_type, return_attention=True)
+    expected_out, expected_attention = dense_reference(layer, x, edge_index, edge_type)
+    torch.testing.assert_close(out, expected_out)
+    torch.testing.assert_close(attention, expected_attention)
+
+
+def test_gradients_match_reference_and_gradcheck(config):
+    layer = RelationalGraphAttention(**config).double()
+    x = torch.randn(6, 6, dtype=torch.float64, requires_grad=True)
+    edge_index, edge_type = random_graph(num_nodes=6, num_edges=20, num_relations=4, seed=3)
+    torch.autograd.gradcheck(lambda inp: layer(inp, edge_index, edge_type)[0], (x,))
+    out, _ = layer(x, edge_index, edge_type)
+    grads = torch.autograd.grad(out.pow(2).sum(), [x, *layer.parameters()])
+    expected_out, _ = dense_reference(layer, x, edge_index, edge_type)
+    expected = torch.autograd.grad(expected_out.pow(2).sum(), [x, *layer.parameters()])
+    for got, exp in zip(grads, expected):
+        torch.testing.assert_close(got, exp)
+
+
+def test_chunked_aggregation_equals_single_chunk(config, monkeypatch):
+    import redifu.nn.relational_attention as module
+
+    layer = RelationalGraphAttention(**config).double()
+    x = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
+    edge_index, edge_type = random_graph(num_nodes=9, num_edges=40, num_relations=4, seed=5)
+    out, _ = layer(x, edge_index, edge_type)
+    (grad,) = torch.autograd.grad(out.sin().sum(), x)
+    monkeypatch.setattr(module, "_CHUNK_ELEMENTS", 3 * 8)  # 3 edges per chunk, ragged tail
+    out_chunked, _ = layer(x, edge_index, edge_type)
+    (grad_chunked,) = torch.autograd.grad(out_chunked.sin().sum(), x)
+    torch.testing.assert_close(out_chunked, out)
+    torch.testing.assert_close(grad_chunked, grad)
+
+
+@pytest.mark.parametrize("num_heads", [1, 4])
+def test_shapes_and_backward(config, num_heads):
+    config.update(num_heads=num_heads, dropout=0.2)
+    layer = RelationalGraphAttention(**config)
+    x = torch.randn(10, 6, requires_grad=True)
+    edge_index, edge_type = random_graph(num_nodes=10, num_edges=30, num_relations=4)
+    out, attention = layer(x, edge_index, edge_type, return_attention=True)
+    assert out.shape == (10, 8)
+    assert attention.shape == (30, num_heads)
+    assert layer(x, edge_index, edge_type)[1] is None
+    out.pow(2).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    for name, parameter in layer.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+
+
+def test_attention_sums_to_one_over_incoming_edges(config):
+    config.update(num_heads=4)
+    layer = RelationalGraphAttention(**config)
+    edge_index, edge_type = random_graph(num_nodes=12, num_edges=50, num_relations=4, seed=1)
+    _, attention = layer(torch.randn(12, 6), edge_index, edge_type, return_attention=True)
+    assert torch.all(attention >= 0)
+    sums = torch.zeros(12, 4).index_add_(0, edge_index[1], attention)
+    has_incoming = torch.zeros(12, dtype=torch.bool)
+    has_incoming[edge_index[1]] = True
+    torch.testing.assert_close(sums[has_incoming], torch.ones_like(sums[has_incoming]))
+    assert torch.all(sums[~has_incoming] == 0)
+
+
+def test_relation_types_matter(config):
+    layer = RelationalGraphAttention(**config)
+    x = torch.randn(5, 6)
+    edge_index = torch.tensor([[0, 1, 2, 3], [4, 4, 4, 4]])
+    out_a, _ = layer(x, edge_index, torch.tensor([0, 0, 1, 1]))
+    out_b, _ = layer(x, edge_index, torch.tensor([0, 0, 1, 2]))
+    assert not torch.allclose(out_a[4], out_b[4])
+    torch.testing.assert_close(out_a[:4], out_b[:4])  # nodes 0..3 receive nothing either way
+
+
+def test_isolated_node_outputs_bias(config):
+    layer = RelationalGraphAttention(**config)
+    torch.nn.init.normal_(layer.bias)
+    x = torch.randn(4, 6, requires_grad=True)
+    out, _ = layer(x, torch.tensor([[0, 1], [1, 0]]), torch.tensor([2, 3]))
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[2], layer.bias.detach())
+    torch.testing.assert_close(out[3], layer.bias.detach())
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.all(x.grad[2:] == 0)
+
+
+def test_graph_without_edges(config):
+    layer = RelationalGraphAttention(**config, bias=False)
+    out, attention = layer(
+        torch.randn(3, 6), torch.empty(2, 0, dtype=torch.long), torch.empty(0, dtype=torch.long),
+        return_attention=True,
+    )
+    assert torch.all(out == 0) and attention.shape == (0, 2)
+
+
+def test_dropout_only_in_training(config):
+    config.update(dropout=0.5)
+    layer = RelationalGraphAttention(**config)
+    x = torch.randn(6, 6)
+    edge_index, edge_type = random_graph(num_nodes=6, num_edges=30, num_relations=4)
+    layer.eval()
+    first, _ = layer(x, edge_index, edge_type)
+    second, _ = layer(x, edge_index, edge_type)
+    torch.testing.assert_close(first, second)
+    layer.train()
+    torch.manual_seed(0)
+    noisy, _ = layer(x, edge_index, edge_type)
+    assert not torch.allclose(noisy, first)
+
+
+@pytest.mark.parametrize("num_bases", [None, 3])
+def test_parameters_finite_after_init_and_reset(config, num_bases):
+    layer = RelationalGraphAttention(**config, num_bases=num_bases)
+    names = {name for name, _ in layer.named_parameters()}
+    expected = {"att_src", "att_dst", "bias"} | ({"weight"} if num_bases is None else {"basis", "comp"})
+    assert names == expected
+    assert all(torch.isfinite(p).all() and p.abs().sum() > 0 for name, p in layer.named_parameters() if name != "bias")
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.fill_(float("nan"))
+    layer.reset_parameters()
+    assert all(torch.isfinite(p).all() for p in layer.parameters())
+    assert torch.all(layer.bias == 0)
+
+
+def test_basis_decomposition_shares_parameters():
+    full = RelationalGraphAttention(in_dim=16, out_dim=16, num_relations=10)
+    bases = RelationalGraphAttention(in_dim=16, out_dim=16, num_relations=10, num_bases=2)
+    assert sum(p.numel() for p in bases.parameters()) < sum(p.numel() for p in full.parameters())
+    assert bases.relation_weights().shape == (10, 16, 16)
+
+
+@pytest.mark.parametrize(
+    "override, name",
+    [
+        (dict(in_dim=0), "in_dim"),
+        (dict(out_dim=0), "out_dim"),
+        (dict(num_relations=0), "num_relations"),
+        (dict(num_heads=0), "num_heads"),
+        (dict(num_heads=3), "num_heads"),
+        (dict(dropout=-0.1), "dropout"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(negative_slope=-1.0), "negative_slope"),
+        (dict(num_bases=0), "num_bases"),
+    ],
+)
+def test_rejects_bad_options(config, override, name):
+    config.update(override)
+    with pytest.raises(ValueError, match=name):
+        RelationalGraphAttention(**config)
+
+
+def test_rejects_bad_inputs(config):
+    layer = RelationalGraphAttention(**config)
+    x = torch.randn(3, 6)
+    edge_index = torch.tensor([[0, 1], [1, 2]])
+    with pytest.raises(ValueError, match="x"):
+        layer(torch.randn(3, 5), edge_index, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="edge_type"):
+        layer(x, edge_index, torch.tensor([0]))
+    with pytest.raises(ValueError, match="edge_type"):
+        layer(x, edge_index, torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match="edge_index"):
+        layer(x, edge_index[0], torch.tensor([0, 1]))

@@ -1,0 +1,91 @@
+"""Experiment config: defaults, YAML files, overrides and their one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from redifu.config import ExperimentConfig, dump_config, load_config, parse_override
+from redifu.model import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_need_no_file():
+    config = load_config()
+    assert config.data.path is None and config.data.preset == "iemocap"
+    assert config.training.max_epochs >= 1
+    assert config.model == {}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_shipped_configs_load(name):
+    load_config(REPO / "configs" / name)
+
+
+def test_authors_settings_are_in_config_files_not_code():
+    iemocap = load_config(REPO / "configs" / "authors-iemocap.yaml")
+    assert (iemocap.model["hidden_size"], iemocap.model["num_heads"], iemocap.model["window"]) == (512, 64, 20)
+    assert (iemocap.training.lr, iemocap.training.batch_size) == (1e-4, 16)
+    meld = load_config(REPO / "configs" / "authors-meld.yaml")
+    assert (meld.model["hidden_size"], meld.model["num_heads"], meld.model["window"]) == (256, 16, 25)
+
+
+def test_overrides_win_over_file_and_parse_types(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  hidden_size: 64\ntraining:\n  lr: 0.01\n")
+    config = load_config(path, ["training.lr=1e-4", "model.denoiser=temporal", "data.modalities=[text, audio]",
+                                "training.class_weights=true", "data.synthetic.train_dialogues=5"])
+    assert config.training.lr == pytest.approx(1e-4)
+    assert config.model == {"hidden_size": 64, "denoiser": "temporal"}
+    assert config.data.modalities == ("text", "audio")
+    assert config.training.class_weights is True
+    assert config.data.synthetic == {"train_dialogues": 5}
+
+
+def test_resolved_config_round_trips(tmp_path):
+    config = load_config(None, ["model.window=4", "training.seed=3", "data.modalities=[text]"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(config))
+    assert load_config(path) == config
+    assert isinstance(config, ExperimentConfig)
+
+
+@pytest.mark.parametrize("override,key", [
+    ("model.hiden_size=3", "model.hiden_size"),
+    ("training.lr=fast", "training.lr"),
+    ("training.batch_size=0", "training.batch_size"),
+    ("training.max_epochs=2.5", "training.max_epochs"),
+    ("model.fusion=sum", "model.fusion"),
+    ("model.num_classes=4", "model.num_classes"),
+    ("data.modalities=[audio]", "data.modalities"),
+    ("data.modalities=[text, smell]", "data.modalities"),
+    ("optim.lr=1", "optim"),
+    ("training.class_weights=maybe", "training.class_weights"),
+])
+def test_bad_overrides_name_the_key_in_one_line(override, key):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [override])
+    message = str(error.value)
+    assert message.startswith(key) and "\n" not in message
+
+
+def test_override_syntax_errors():
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("training.lr")
+    with pytest.raises(ConfigError, match="dotted"):
+        parse_override("lr=1")
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(broken)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(listing)

@@ -1,0 +1,176 @@
+"""ReDiFu model: every component option, shapes, backward, padding invariance, init, outputs."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from conftest import TINY_DIMS, make_tiny_config
+from redifu.data.batching import DialogueDataset, collate_dialogues
+from redifu.model import ConfigError, ReDiFu, ReDiFuConfig, ReDiFuOutput
+
+MODALITY_SETS = [("text",), ("text", "audio"), ("text", "visual"), ("text", "audio", "visual")]
+COMPONENTS = list(itertools.product(["off", "dual", "temporal"], ["off", "modality", "modality+cross"],
+                                    ["concat", "symmetric", "text_guided"]))
+
+
+def _batch_for(corpus, modalities, count=4):
+    dataset = DialogueDataset(corpus.splits["train"][:count], modalities)
+    return collate_dialogues([dataset[i] for i in range(len(dataset))])
+
+
+def _config(modalities, **changes):
+    return make_tiny_config(modality_dims={m: TINY_DIMS[m] for m in modalities}, **changes)
+
+
+@pytest.mark.parametrize("denoiser,graph,fusion", COMPONENTS)
+def test_every_component_combination_runs_forward_and_backward(tiny_corpus, denoiser, graph, fusion):
+    torch.manual_seed(0)
+    model = ReDiFu(_config(TINY_DIMS, denoiser=denoiser, graph=graph, fusion=fusion))
+    batch = _batch_for(tiny_corpus, tuple(TINY_DIMS))
+    out = model(batch.features, batch.speakers, batch.mask)
+    b, n = batch.mask.shape
+    assert isinstance(out, ReDiFuOutput)
+    assert out.logits.shape == (b, n, 6)
+    assert set(out.modality_logits) == set(TINY_DIMS)
+    assert torch.isfinite(out.logits).all()
+    (out.logits.sum() + sum(x.sum() for x in out.modality_logits.values())).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("modalities", MODALITY_SETS)
+@pytest.mark.parametrize("fusion", ["concat", "symmetric", "text_guided"])
+def test_any_modality_subset_with_text(tiny_corpus, modalities, fusion):
+    model = ReDiFu(_config(modalities, fusion=fusion))
+    batch = _batch_for(tiny_corpus, modalities)
+    out = model(batch.features, batch.speakers, batch.mask)
+    assert out.logits.shape[:2] == batch.mask.shape
+    assert set(out.modality_logits) == set(modalities)
+    out.logits.sum().backward()
+
+
+@pytest.mark.parametrize("position_encoding", ["none", "sinusoidal", "rotary"])
+@pytest.mark.parametrize("denoiser,graph,fusion", [("dual", "modality+cross", "text_guided"),
+                                                   ("temporal", "modality", "symmetric"),
+                                                   ("off", "off", "concat")])
+def test_padding_does_not_change_real_utterances(tiny_corpus, position_encoding, denoiser, graph, fusion):
+    """A dialogue alone and padded inside a batch give the same logits (eval mode)."""
+    torch.manual_seed(0)
+    model = ReDiFu(_config(TINY_DIMS, position_encoding=position_encoding, denoiser=denoiser, graph=graph,
+                           fusion=fusion)).eval()
+    dataset = DialogueDataset(tiny_corpus.splits["train"][:5], tuple(TINY_DIMS))
+    items = [dataset[i] for i in range(len(dataset))]
+    batch = collate_dialogues(items)
+    for m in batch.features:  # garbage in the padding must not leak into real utterances
+        batch.features[m][~batch.mask] = 1e3 * torch.randn_like(batch.features[m][~batch.mask])
+    batch.speakers[~batch.mask] = 1
+    with torch.no_grad():
+        batched = model(batch.features, batch.speakers, batch.mask).logits
+        for row, item in enumerate(items):
+            alone = collate_dialogues([item])
+            single = model(alone.features, alone.speakers, alone.mask).logits[0]
+            n = len(item.speakers)
+            torch.testing.assert_close(batched[row, :n], single, atol=1e-4, rtol=1e-4)
+
+
+def test_context_matters_with_graph_and_not_without(tiny_corpus):
+    """With the whole context machinery off, an utterance's logits depend only on itself."""
+    isolated = ReDiFu(_config(TINY_DIMS, denoiser="off", graph="off", fusion="concat",
+                              position_encoding="none")).eval()
+    contextual = ReDiFu(_config(TINY_DIMS)).eval()
+    batch = _batch_for(tiny_corpus, tuple(TINY_DIMS), count=1)
+    changed = {m: x.clone() for m, x in batch.features.items()}
+    changed["text"][0, -1] += 5.0  # perturb the last utterance only
+    with torch.no_grad():
+        for model, should_change in ((isolated, False), (contextual, True)):
+            before = model(batch.features, batch.speakers, batch.mask).logits[0, 0]
+            after = model(changed, batch.speakers, batch.mask).logits[0, 0]
+            assert (not torch.allclose(before, after)) == should_change
+
+
+def test_parameters_finite_after_init_and_reset(tiny_config):
+    model = ReDiFu(tiny_config)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    before = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    model.reset_parameters()
+    after = list(model.parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after) if a.numel() > 1)
+
+
+def test_return_attention_gives_maps_and_graph_weights(tiny_corpus, tiny_config):
+    model = ReDiFu(tiny_config).eval()
+    batch = _batch_for(tiny_corpus, tuple(TINY_DIMS))
+    out = model(batch.features, batch.speakers, batch.mask, return_attention=True)
+    b, n = batch.mask.shape
+    assert any(k.startswith("denoiser.audio") for k in out.attention)
+    assert any(k.startswith("denoiser.visual") for k in out.attention)
+    assert out.attention["fusion.layer0.text_to_audio"].shape == (b, 2, n, n)
+    assert out.attention["fusion.layer0.gate_visual"].shape == (b, n, 16)
+    assert out.graph_attention is not None
+    plain = model(batch.features, batch.speakers, batch.mask)
+    assert plain.attention == {} and plain.graph_attention is None
+    torch.testing.assert_close(plain.logits, out.logits, atol=1e-5, rtol=1e-5)
+
+
+def test_feature_statistics_standardise_inputs(tiny_corpus, tiny_config):
+    """Shifting and scaling raw features is undone exactly by matching statistics."""
+    torch.manual_seed(0)
+    model = ReDiFu(tiny_config).eval()
+    batch = _batch_for(tiny_corpus, tuple(TINY_DIMS))
+    with torch.no_grad():
+        reference = model(batch.features, batch.speakers, batch.mask).logits
+        shifted = {m: 3.0 * x + 7.0 for m, x in batch.features.items()}
+        model.set_feature_statistics({m: (torch.full((d,), 7.0), torch.full((d,), 3.0)) for m, d in TINY_DIMS.items()})
+        result = model(shifted, batch.speakers, batch.mask).logits
+    torch.testing.assert_close(result[batch.mask], reference[batch.mask], atol=1e-4, rtol=1e-4)
+
+
+def test_logit_weights_sum_modality_logits(tiny_corpus):
+    model = ReDiFu(_config(TINY_DIMS, logit_weights={"text": 1.0, "audio": 1.0, "visual": 0.4})).eval()
+    batch = _batch_for(tiny_corpus, tuple(TINY_DIMS))
+    out = model(batch.features, batch.speakers, batch.mask)
+    expected = out.modality_logits["text"] + out.modality_logits["audio"] + 0.4 * out.modality_logits["visual"]
+    torch.testing.assert_close(out.logits, expected)
+
+
+def test_missing_modality_is_refused_with_its_name(tiny_corpus, tiny_config):
+    model = ReDiFu(tiny_config)
+    batch = _batch_for(tiny_corpus, ("text", "audio"))
+    with pytest.raises(ValueError, match="'visual'"):
+        model(batch.features, batch.speakers, batch.mask)
+
+
+@pytest.mark.parametrize("key,value", [
+    ("hidden_size", 15), ("num_heads", 5), ("dropout", 1.0), ("denoiser", "noisy"), ("graph", "full"),
+    ("fusion", "sum"), ("window", -1), ("denoiser_heads", 3), ("fusion_layers", 0), ("graph_modalities", ("face",)),
+    ("logit_weights", {"smell": 1.0}),
+])
+def test_invalid_options_name_the_key(key, value):
+    with pytest.raises(ConfigError, match=f"model.{key}"):
+        make_tiny_config(**{key: value})
+
+
+def test_config_requires_text_and_round_trips():
+    with pytest.raises(ConfigError, match="text"):
+        ReDiFuConfig(modality_dims={"audio": 3}, num_classes=2, num_speakers=1)
+    config = make_tiny_config(denoiser="temporal", graph_modalities=("text",), logit_weights={"text": 3.0})
+    assert ReDiFuConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ConfigError, match="model.colour"):
+        ReDiFuConfig.from_dict({**config.to_dict(), "colour": "red"})
+
+
+def test_graph_on_text_only(tiny_corpus):
+    """The authors' recipe runs the graph on text alone; other streams skip it."""
+    model = ReDiFu(_config(TINY_DIMS, graph_modalities=("text",))).eval()
+    assert model.graph.num_modalities == 1 and not model.graph.cross_modal
+    batch = _batch_for(tiny_corpus, tuple(TINY_DIMS))
+    out = model(batch.features, batch.speakers, batch.mask, return_attention=True)
+    assert torch.isfinite(out.logits).all()
+    assert int(out.graph_attention.edge_type.max()) < 5  # text's own speaker relations only
