@@ -89,3 +89,13 @@ def test_bad_files(tmp_path):
     listing.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(listing)
+
+
+def test_off_is_a_string_not_a_boolean(tmp_path):
+    """YAML 1.1 would read `off` as False; component switches must stay strings."""
+    path = tmp_path / "ablate.yaml"
+    path.write_text("model:\n  denoiser: off\n  graph: off\ntraining:\n  lr: 1e-3\n  class_weights: true\n")
+    config = load_config(path, ["model.fusion=concat"])
+    assert config.model == {"denoiser": "off", "graph": "off", "fusion": "concat"}
+    assert config.training.lr == pytest.approx(1e-3) and config.training.class_weights is True
+    assert load_config(None, ["model.denoiser=off"]).model["denoiser"] == "off"

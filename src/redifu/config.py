@@ -9,6 +9,7 @@ Every key and value is checked; a mistake gives a one-line :class:`ConfigError` 
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,29 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from redifu.model import ConfigError, ReDiFuConfig
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML with YAML 1.2 booleans: only true/false are booleans, so ``denoiser: off``
+    stays the string 'off'; and ``1e-4`` is a float."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
 
 # Model options that come from the dataset's metadata, never from the user.
 DATASET_DERIVED = ("modality_dims", "num_classes", "num_speakers")
@@ -253,20 +277,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if len(parts) < 2 or not all(parts):
         raise ConfigError(f"{key}: override keys are dotted, like training.lr or model.window")
     try:
-        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+        value = _yaml_load(raw_value) if raw_value.strip() else None
     except yaml.YAMLError:
         raise ConfigError(f"{key}: cannot parse value {raw_value!r}") from None
-    if isinstance(value, str) and _looks_like_float(value):
-        value = float(value)  # YAML 1.1 reads '1e-4' as a string
     return parts, value
-
-
-def _looks_like_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return text.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity")
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
@@ -277,7 +291,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = _yaml_load(path.read_text()) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: invalid YAML ({str(error).splitlines()[0]})") from None
         if not isinstance(loaded, Mapping):

@@ -333,6 +333,7 @@ def test_module_parameters_finite_after_init_and_reset(config):
         (dict(cross_window=-2), "cross_window"),
         (dict(num_modalities=0), "num_modalities"),
         (dict(num_heads=5), "num_heads"),
+        (dict(dim=0), "dim"),
         (dict(dropout=1.0), "dropout"),
     ],
 )

@@ -222,3 +222,26 @@ def test_rejects_bad_inputs(config):
         layer(x, edge_index, torch.tensor([0, 4]))
     with pytest.raises(ValueError, match="edge_index"):
         layer(x, edge_index[0], torch.tensor([0, 1]))
+
+
+def test_no_per_edge_feature_tensor_is_kept_for_backward():
+    # 2,000 edges on 40 nodes: any (E, out) message or (E, in, out) weight tensor saved for
+    # autograd would dwarf the per-pair and (E, H) tensors the layer is meant to keep.
+    layer = RelationalGraphAttention(in_dim=32, out_dim=32, num_relations=3, num_heads=4)
+    x = torch.randn(40, 32, requires_grad=True)
+    edge_index, edge_type = random_graph(num_nodes=40, num_edges=2000, num_relations=3)
+    parameters = {p.untyped_storage().data_ptr() for p in layer.parameters()}
+    saved = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            saved[storage.data_ptr()] = storage.nbytes() // tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out, _ = layer(x, edge_index, edge_type)
+    assert max(saved.values()) <= 2000 * 4  # the (E, H) attention weights
+    assert sum(saved.values()) < 2000 * 32  # less than one (E, out) message tensor in total
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()

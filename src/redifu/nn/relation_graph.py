@@ -289,6 +289,10 @@ class RelationGraph(nn.Module):
         num_bases: int | None = None,
     ) -> None:
         super().__init__()
+        if dim <= 0:
+            raise ValueError(f"dim must be positive, got {dim}")
+        if num_heads <= 0 or dim % num_heads:
+            raise ValueError(f"num_heads must be positive and divide dim ({dim}), got {num_heads}")
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         if window < 0:

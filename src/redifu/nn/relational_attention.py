@@ -7,10 +7,11 @@ Schlichtkrull et al., "Modeling Relational Data with Graph Convolutional Network
 ESWC 2018), optionally with R-GCN's basis decomposition.
 
 Memory stays linear in nodes and edges: per-edge tensors are at most ``(E, H)`` (attention
-logits and weights), relation-specific values are computed once per distinct
-``(source node, relation)`` pair that occurs in the graph, and the weighted sum of values is
-done by a chunked gather/scatter whose backward recomputes the gathered values instead of
-keeping an ``(E, out_dim)`` message tensor alive for autograd.
+logits and weights); relation-specific values are computed once per distinct
+``(source node, relation)`` pair that occurs in the graph; LeakyReLU + softmax is one autograd
+function that keeps only its output; and the weighted sum of values is a chunked
+gather/scatter whose backward gathers the values again instead of keeping an
+``(E, out_dim)`` message tensor alive for autograd.
 """
 
 from __future__ import annotations
@@ -116,23 +117,22 @@ class _LeakySegmentSoftmax(torch.autograd.Function):
 
 def _relation_pairs(
     node: Tensor, relation: Tensor, num_nodes: int, num_relations: int
-) -> tuple[Tensor, list[tuple[int, Tensor]]]:
-    """Distinct ``(node, relation)`` pairs of the edges, grouped by relation.
+) -> tuple[Tensor, Tensor, list[int]]:
+    """Distinct ``(node, relation)`` pairs of the edges, sorted by relation then node.
 
-    Returns each edge's row in the concatenation of the groups, and ``(r, nodes_r)`` for every
-    relation that occurs.
+    Returns each edge's row among the pairs, the node of each pair, and the number of pairs
+    of each relation.
 
     Shapes:
         - node, relation: ``(E,)`` long
-        - output: ``(E,)`` long rows, and groups whose sizes sum to ``U <= E``
+        - output: ``(E,)`` long, ``(U,)`` long with ``U <= E``, and ``num_relations`` counts
     """
-    key = relation * num_nodes + node  # sorts by relation, then by node
+    key = relation * num_nodes + node
     unique_key, inverse = torch.unique(key, sorted=True, return_inverse=True)
     pair_relation = torch.div(unique_key, num_nodes, rounding_mode="floor")
     pair_node = unique_key - pair_relation * num_nodes
     counts = torch.bincount(pair_relation, minlength=num_relations).tolist()
-    groups = [(r, nodes) for r, nodes in enumerate(pair_node.split(counts)) if nodes.numel()]
-    return inverse, groups
+    return inverse, pair_node, counts
 
 
 def _cat_rows(pieces: list[Tensor], empty: Tensor) -> Tensor:
@@ -300,16 +300,23 @@ class RelationalGraphAttention(MessagePassing):
         proj_src = (weight_heads * self.att_src[:, None]).sum(dim=-1)  # (R, in, H)
         proj_dst = (weight_heads * self.att_dst[:, None]).sum(dim=-1)  # (R, in, H)
 
-        # Values W_r x_j and source logit terms, once per distinct (source, relation) pair.
-        value_index, source_groups = _relation_pairs(src, edge_type, num_nodes, R)
-        values, source_scores = [], []
-        for r, nodes in source_groups:
-            x_r = x.index_select(0, nodes)  # (U_r, in)
-            values.append(x_r @ weight[r])  # (U_r, out)
-            source_scores.append(x_r @ proj_src[r])  # (U_r, H)
-        # Target logit terms, once per distinct (target, relation) pair.
-        target_index, target_groups = _relation_pairs(dst, edge_type, num_nodes, R)
-        target_scores = [x.index_select(0, nodes) @ proj_dst[r] for r, nodes in target_groups]
+        # Values W_r x_j and source terms once per distinct (source, relation) pair, target
+        # terms once per distinct (target, relation) pair.
+        value_index, source_nodes, source_counts = _relation_pairs(src, edge_type, num_nodes, R)
+        target_index, target_nodes, target_counts = _relation_pairs(dst, edge_type, num_nodes, R)
+        # One gather per side and unbind() of the parameters: indexing them per relation would
+        # make autograd allocate and accumulate a full-size gradient once per relation.
+        weights, source_projs, target_projs = weight.unbind(0), proj_src.unbind(0), proj_dst.unbind(0)
+        values, source_scores, target_scores = [], [], []
+        x_source = x.index_select(0, source_nodes).split(source_counts)  # R x (U_r, in)
+        for r, x_r in enumerate(x_source):
+            if x_r.numel():
+                values.append(x_r @ weights[r])  # (U_r, out)
+                source_scores.append(x_r @ source_projs[r])  # (U_r, H)
+        x_target = x.index_select(0, target_nodes).split(target_counts)  # R x (U'_r, in)
+        for r, x_r in enumerate(x_target):
+            if x_r.numel():
+                target_scores.append(x_r @ target_projs[r])  # (U'_r, H)
 
         value_table = _cat_rows(values, x.new_zeros(0, self.out_dim)).view(-1, H, D)  # (U, H, D)
         logits = _cat_rows(source_scores, x.new_zeros(0, H))[value_index] + _cat_rows(
