@@ -200,11 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _configure_logging(verbose: bool) -> None:
+    import warnings
+
+    import lightning  # noqa: F401  (it sets its loggers' levels on import; ours must come after)
+
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("redifu").setLevel(logging.INFO)
     if not verbose:
-        for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning",
+                     "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
