@@ -100,3 +100,16 @@ def test_summary_over_seeds():
     assert summary["test"]["weighted_f1"]["mean"] == pytest.approx(56.0)
     assert summary["test"]["weighted_f1"]["std"] == pytest.approx(7.0710678)
     assert summary["seeds"] == [1, 2]
+
+
+def test_tensorboard_logger_writes_event_files(tmp_path):
+    pytest.importorskip("tensorboard")
+    config = load_config(None, [*TINY, "training.max_epochs=1", "training.logger=tensorboard"])
+    train(config, tmp_path / "tb")
+    assert list((tmp_path / "tb" / "logs").rglob("events.out.tfevents*"))
+
+
+def test_csv_logger_writes_dev_metric(tiny_run):
+    _, output, _ = tiny_run
+    text = (output / "logs" / "metrics.csv").read_text()
+    assert "dev/weighted_f1" in text.splitlines()[0]

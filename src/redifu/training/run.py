@@ -14,6 +14,7 @@ The test split is evaluated exactly once, after training, at the checkpoint sele
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import platform
@@ -34,6 +35,7 @@ from redifu.config import ExperimentConfig, dump_config
 from redifu.data.batching import feature_statistics
 from redifu.data.dialogue import DialogueCorpus
 from redifu.data.loading import fingerprint, load_corpus
+from redifu.model import ConfigError
 from redifu.training.evaluation import evaluate_split
 from redifu.training.loss import inverse_frequency_weights
 from redifu.training.metrics import format_report
@@ -104,6 +106,10 @@ def _logger(config: ExperimentConfig, output: Path):
         return False
     if kind == "tensorboard":
         from lightning.pytorch.loggers import TensorBoardLogger
+
+        if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+            raise ConfigError("training.logger: 'tensorboard' needs the tensorboard package "
+                              "(pip install 'redifu[tensorboard]'), or use training.logger=csv")
 
         return TensorBoardLogger(save_dir=str(output / "logs"), name="", version="")
     from lightning.pytorch.loggers import CSVLogger
