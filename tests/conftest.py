@@ -26,7 +26,8 @@ TINY_MODEL_OVERRIDES = ["model.hidden_size=16", "model.num_heads=2", "model.wind
 
 @pytest.fixture(autouse=True)
 def _few_threads():
-    """Keep tests fast and repeatable on a 2-core machine."""
+    """One intra-op thread: tiny tensors gain nothing from threads, and idle OpenMP workers
+    contending with other processes on a small machine make each op tens of times slower."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -23,16 +23,6 @@ HEADS = 2
 VARIANTS = ["dual", "temporal"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # tiny tensors gain nothing from intra-op threads, and thread spinning on a busy machine
-    # made this file ten times slower; restored afterwards for the other test files
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

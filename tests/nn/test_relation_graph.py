@@ -17,16 +17,6 @@ from redifu.nn.relation_graph import (
 )
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    # Tiny tensors gain nothing from intra-op threads, and idle OpenMP workers contending with
-    # other processes on a small machine can make each op take tens of milliseconds.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def brute_force_edges(speakers, lengths, *, num_modalities, window, cross_modal, cross_window, speaker_aware):
     """Reference construction with plain Python loops over every utterance pair."""
     M = num_modalities

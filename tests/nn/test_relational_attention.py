@@ -9,16 +9,6 @@ import torch.nn.functional as F
 from redifu.nn.relational_attention import RelationalGraphAttention
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    # Tiny tensors gain nothing from intra-op threads, and idle OpenMP workers contending with
-    # other processes on a small machine can make each op take tens of milliseconds.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def config():
     return dict(in_dim=6, out_dim=8, num_relations=4, num_heads=2)
