@@ -87,3 +87,21 @@ def test_help_is_complete(command):
         for word in ("--config", "--output", "--seeds", "--resume", "model.hidden_size", "training.max_epochs",
                      "data.preset"):
             assert word in result.stdout
+
+
+def test_train_on_a_stored_dataset_path(tiny_corpus, tmp_path):
+    from redifu.data.store import save_corpus
+
+    save_corpus(tiny_corpus, tmp_path / "dataset")
+    code = main(["train", "--output", str(tmp_path / "run"), f"data.path={tmp_path / 'dataset'}",
+                 *[o for o in TINY if not o.startswith("data.")], "training.max_epochs=1"])
+    assert code == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["dataset"]["name"] == tiny_corpus.metadata.name
+
+
+def test_missing_data_path_is_one_line(tmp_path, capsys):
+    assert main(["train", "--output", str(tmp_path / "run"), f"data.path={tmp_path / 'nowhere'}"]) == 2
+    err = capsys.readouterr().err
+    assert "data.path" in err and "nowhere" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -23,10 +24,7 @@ def load_corpus(config: DataConfig) -> DialogueCorpus:
             raise DataError(f"data.synthetic: {message}") from None
         source = f"synthetic:{config.preset}"
     else:
-        raise DataError(
-            f"data.path: {config.path}: reading datasets from files is not supported yet "
-            "(only the built-in synthetic data; leave data.path unset)"
-        )
+        corpus, source = _load_path(Path(config.path)), config.path
     missing = [s for s in SPLITS if not corpus.splits.get(s)]
     if missing:
         raise DataError(f"{source}: split {missing[0]!r} is empty or missing")
@@ -34,6 +32,19 @@ def load_corpus(config: DataConfig) -> DialogueCorpus:
         corpus = select_modalities(corpus, config.modalities, source=source)
     corpus.validate(source)
     return corpus
+
+
+def _load_path(path: Path) -> DialogueCorpus:
+    from redifu.data.store import is_stored_corpus, load_stored_corpus
+
+    if not path.exists():
+        raise DataError(f"data.path: {path}: no such file or directory")
+    if path.is_dir() and is_stored_corpus(path):
+        return load_stored_corpus(path)
+    raise DataError(
+        f"data.path: {path}: not a redifu dataset directory (manifest.json missing); "
+        "feature pickles and CSV transcripts must be converted first"
+    )
 
 
 def select_modalities(corpus: DialogueCorpus, modalities: tuple[str, ...], *, source: str) -> DialogueCorpus:
