@@ -68,6 +68,10 @@ class ReDiFuConfig:
         speaker_aware: Type edges by same/other speaker (``False``: speaker-blind edges).
         fusion: ``concat``, ``symmetric`` or ``text_guided``.
         fusion_layers: Depth of the fusion stack.
+        cross_rotary: Rotary positions in the cross-modal attention of the fusion, so that a
+            text query can locate its own utterance among the audio/visual keys.
+        fusion_aligned: In text-guided fusion, add each utterance's own audio/visual vector to
+            what the cross-attention brings before the gate.
         ffn_mult: Feed-forward hidden size as a multiple of ``hidden_size``.
         logit_weights: If set, the prediction is the weighted sum of the per-modality logits
             with these fixed weights (the authors' recipe) instead of the fused classifier.
@@ -94,6 +98,8 @@ class ReDiFuConfig:
     speaker_aware: bool = True
     fusion: str = "text_guided"
     fusion_layers: int = 2
+    cross_rotary: bool = True
+    fusion_aligned: bool = True
     ffn_mult: float = 2.0
     logit_weights: Mapping[str, float] | None = None
 
@@ -134,7 +140,7 @@ class ReDiFuConfig:
                  f"2 x heads must divide hidden_size ({self.hidden_size}) for the dual denoiser")
         else:
             need(self.hidden_size % heads == 0, "denoiser_heads", "must divide hidden_size")
-        if self.position_encoding == "rotary":
+        if self.position_encoding == "rotary" or self.cross_rotary:
             need((self.hidden_size // self.num_heads) % 2 == 0, "num_heads", "rotary needs an even head size")
         need(all(m in MODALITIES for m in self.denoise_modalities), "denoise_modalities",
              f"must name modalities from {MODALITIES}")
@@ -285,6 +291,8 @@ class ReDiFu(nn.Module):
             dropout=config.dropout,
             ffn_mult=config.ffn_mult,
             rotary=rotary,
+            cross_rotary=config.cross_rotary,
+            aligned=config.fusion_aligned,
         )
         self.classifier = nn.Sequential(
             nn.Linear(dim, dim), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(dim, config.num_classes)

@@ -134,3 +134,35 @@ def test_parameters_finite_after_init():
         fusion = build_fusion(kind, dim=8, modalities=MODALITIES, num_layers=1, num_heads=2)
         fusion.reset_parameters()
         assert all(torch.isfinite(p).all() for p in fusion.parameters())
+
+
+class PassThrough(torch.nn.Module):
+    def forward(self, x, mask, return_attention=False):
+        return x, None
+
+
+@pytest.mark.parametrize("cross_rotary,position_aware", [(False, False), (True, True)])
+def test_cross_rotary_lets_text_locate_its_own_utterance(cross_rotary, position_aware):
+    """Without positions, cross-attention cannot tell which audio row is the query's own
+    utterance: shuffling audio rows (keys) leaves the result unchanged. Rotary changes that."""
+    torch.manual_seed(0)
+    fusion = TextGuidedFusion(dim=8, modalities=("text", "audio"), num_layers=1, num_heads=2,
+                              cross_rotary=cross_rotary, aligned=False).eval()
+    fusion.layers[0].self_blocks["audio"] = PassThrough()  # isolate the cross-attention
+    streams = {m: torch.randn(1, 6, 8, generator=torch.Generator().manual_seed(1)) for m in ("text", "audio")}
+    mask = torch.ones(1, 6, dtype=torch.bool)
+    shuffled = dict(streams, audio=streams["audio"][:, torch.tensor([3, 0, 5, 1, 4, 2])])
+    with torch.no_grad():
+        same = torch.allclose(fusion(streams, mask).fused, fusion(shuffled, mask).fused, atol=1e-5)
+    assert same != position_aware
+
+
+def test_aligned_diffusion_uses_the_utterances_own_audio():
+    torch.manual_seed(0)
+    options = dict(dim=8, modalities=("text", "audio"), num_layers=1, num_heads=2)
+    aligned = TextGuidedFusion(**options, aligned=True).eval()
+    plain = TextGuidedFusion(**options, aligned=False).eval()
+    plain.load_state_dict(aligned.state_dict())
+    streams, mask = _streams()
+    with torch.no_grad():
+        assert not torch.allclose(aligned(streams, mask).fused, plain(streams, mask).fused)

@@ -83,6 +83,8 @@ class SymmetricFusion(nn.Module):
         dropout (float, optional): Dropout. (default: ``0.0``)
         ffn_mult (float, optional): Feed-forward hidden multiple. (default: ``2.0``)
         rotary (bool, optional): Rotary positions in the self-attention. (default: ``False``)
+        cross_rotary (bool, optional): Rotary positions in the cross-modal attention.
+            (default: ``False``)
 
     Shapes:
         - streams: per modality ``(B, N, D)``; mask ``(B, N)`` -> fused ``(B, N, D)``
@@ -98,6 +100,7 @@ class SymmetricFusion(nn.Module):
         dropout: float = 0.0,
         ffn_mult: float = 2.0,
         rotary: bool = False,
+        cross_rotary: bool = False,
     ) -> None:
         super().__init__()
         _check_modalities(modalities)
@@ -113,7 +116,8 @@ class SymmetricFusion(nn.Module):
             for _ in range(num_layers)
         )
         self.cross = nn.ModuleList(
-            nn.ModuleDict({f"{m}_{o}": MultiHeadAttention(dim=dim, num_heads=num_heads, dropout=dropout)
+            nn.ModuleDict({f"{m}_{o}": MultiHeadAttention(dim=dim, num_heads=num_heads, dropout=dropout,
+                                                             rotary=cross_rotary)
                            for m, o in self.pairs})
             for _ in range(num_layers)
         )
@@ -155,14 +159,17 @@ class DiffusionLayer(nn.Module):
     r"""One text-guided diffusion layer.
 
     Self-attention inside each modality, then text queries attend to each auxiliary modality
-    :math:`m` (audio, visual): :math:`c_m = \mathrm{Attn}(Q{=}h_t, K{=}V{=}h_m)`. A learned
-    per-utterance, per-channel gate decides how much of each flows into the text stream:
+    :math:`m` (audio, visual): :math:`c_m = \mathrm{Attn}(Q{=}h_t, K{=}V{=}h_m)`, plus (with
+    ``aligned``) the same utterance's own :math:`h_m`. A learned per-utterance, per-channel gate
+    decides how much of each flows into the text stream:
 
     .. math::
-        g_m = \sigma(W_m [h_t; c_m] + b_m), \qquad
+        c_m = \mathrm{Attn}(h_t, h_m) + h_m, \qquad g_m = \sigma(W_m [h_t; c_m] + b_m), \qquad
         h_t \leftarrow h_t + \sum_m g_m \odot c_m, \qquad h_t \leftarrow h_t + \mathrm{FFN}(\mathrm{LN}(h_t)).
 
-    Text stays the main stream; audio and visual only ever feed it.
+    Text stays the main stream; audio and visual only ever feed it. With ``cross_rotary`` the
+    cross-modal attention scores carry rotary positions: every modality shares the utterance
+    timeline, so a text query can tell its own utterance's audio from a distant one's.
     """
 
     def __init__(
@@ -174,8 +181,11 @@ class DiffusionLayer(nn.Module):
         dropout: float = 0.0,
         ffn_mult: float = 2.0,
         rotary: bool = False,
+        cross_rotary: bool = False,
+        aligned: bool = True,
     ) -> None:
         super().__init__()
+        self.aligned = aligned
         self.modalities = modalities
         self.auxiliary = modalities[1:]
         self.self_blocks = nn.ModuleDict(
@@ -185,7 +195,8 @@ class DiffusionLayer(nn.Module):
         self.query_norm = nn.LayerNorm(dim)
         self.context_norms = nn.ModuleDict({m: nn.LayerNorm(dim) for m in self.auxiliary})
         self.cross = nn.ModuleDict(
-            {m: MultiHeadAttention(dim=dim, num_heads=num_heads, dropout=dropout) for m in self.auxiliary}
+            {m: MultiHeadAttention(dim=dim, num_heads=num_heads, dropout=dropout, rotary=cross_rotary)
+             for m in self.auxiliary}
         )
         self.gates = nn.ModuleDict({m: nn.Linear(2 * dim, dim) for m in self.auxiliary})
         self.ffn_norm = nn.LayerNorm(dim)
@@ -216,9 +227,12 @@ class DiffusionLayer(nn.Module):
             query = self.query_norm(text)
             diffused = torch.zeros_like(text)
             for m in self.auxiliary:
+                context = self.context_norms[m](streams[m])
                 attended, weights = self.cross[m](
-                    query, mask, context=self.context_norms[m](streams[m]), return_attention=return_attention
+                    query, mask, context=context, return_attention=return_attention
                 )
+                if self.aligned:
+                    attended = attended + context  # the utterance's own audio/visual, always on offer
                 gate = torch.sigmoid(self.gates[m](torch.cat([query, attended], dim=-1)))  # (B, N, D)
                 diffused = diffused + gate * attended
                 if return_attention:
@@ -244,6 +258,10 @@ class TextGuidedFusion(nn.Module):
         dropout (float, optional): Dropout. (default: ``0.0``)
         ffn_mult (float, optional): Feed-forward hidden multiple. (default: ``2.0``)
         rotary (bool, optional): Rotary positions in the self-attention. (default: ``False``)
+        cross_rotary (bool, optional): Rotary positions in the text-to-audio/visual attention.
+            (default: ``False``)
+        aligned (bool, optional): Add each utterance's own audio/visual vector to what the
+            cross-attention brings before gating. (default: ``True``)
 
     Shapes:
         - streams: per modality ``(B, N, D)``; mask ``(B, N)`` -> fused ``(B, N, D)``
@@ -259,6 +277,8 @@ class TextGuidedFusion(nn.Module):
         dropout: float = 0.0,
         ffn_mult: float = 2.0,
         rotary: bool = False,
+        cross_rotary: bool = False,
+        aligned: bool = True,
     ) -> None:
         super().__init__()
         _check_modalities(modalities)
@@ -267,7 +287,8 @@ class TextGuidedFusion(nn.Module):
         self.modalities = modalities
         self.layers = nn.ModuleList(
             DiffusionLayer(
-                dim=dim, modalities=modalities, num_heads=num_heads, dropout=dropout, ffn_mult=ffn_mult, rotary=rotary
+                dim=dim, modalities=modalities, num_heads=num_heads, dropout=dropout, ffn_mult=ffn_mult, rotary=rotary,
+                cross_rotary=cross_rotary, aligned=aligned,
             )
             for _ in range(num_layers)
         )
@@ -296,16 +317,18 @@ def build_fusion(
     dropout: float = 0.0,
     ffn_mult: float = 2.0,
     rotary: bool = False,
+    cross_rotary: bool = False,
+    aligned: bool = True,
 ) -> nn.Module:
     """Fusion module by name: one of :data:`FUSIONS`."""
     if kind == "concat":
         return ConcatFusion(dim=dim, modalities=modalities, dropout=dropout)
     common = dict(
         dim=dim, modalities=modalities, num_layers=num_layers, num_heads=num_heads,
-        dropout=dropout, ffn_mult=ffn_mult, rotary=rotary,
+        dropout=dropout, ffn_mult=ffn_mult, rotary=rotary, cross_rotary=cross_rotary,
     )
     if kind == "symmetric":
         return SymmetricFusion(**common)
     if kind == "text_guided":
-        return TextGuidedFusion(**common)
+        return TextGuidedFusion(**common, aligned=aligned)
     raise ValueError(f"fusion must be one of {FUSIONS}, got {kind!r}")
