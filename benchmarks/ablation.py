@@ -6,6 +6,8 @@ Every cell is a full, honest run (model selected on dev, test read once) through
 
     python benchmarks/ablation.py --output runs/ablation --seeds 1 2 3 --write docs/ABLATIONS.md
     python benchmarks/ablation.py --quick     # one seed, tiny data: checks the pipeline only
+    python benchmarks/ablation.py --datasets meld-text=configs/meld-text.yaml@data/meld-text \
+        --variants "graph off" "context-free text only"      # real data: name=CONFIG@DATA_PATH
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ def run_cell(preset: str, variant: str, seed: int, output: Path, extra: list[str
     directory = output / preset / slug(variant) / f"seed-{seed}"
     if (directory / "metrics.json").is_file():
         return json.loads((directory / "metrics.json").read_text())
-    overrides = [*VARIANTS[variant], f"training.seed={seed}", "training.progress_bar=false", *extra]
-    config = load_config(PRESETS[preset], overrides)
+    config_file, _, data_path = PRESETS[preset].partition("@")
+    data = [f"data.path={data_path}"] if data_path else []
+    overrides = [*data, *VARIANTS[variant], f"training.seed={seed}", "training.progress_bar=false", *extra]
+    config = load_config(config_file, overrides)
     corpus = load_corpus(config.data)
     started = time.perf_counter()
     metrics = train(config, directory, corpus=corpus)
@@ -67,7 +71,8 @@ def table(results: dict, presets: list[str], seeds: list[int]) -> str:
     lines = []
     for preset in presets:
         full = np.array([results[(preset, "full ReDiFu", s)]["test"]["weighted_f1"] for s in seeds])
-        lines += [f"\n### {preset}-shaped synthetic preset\n",
+        title = f"{preset}-shaped synthetic preset" if "@" not in PRESETS[preset] else preset
+        lines += [f"\n### {title}\n",
                   "| variant | test weighted F1 | test accuracy | test macro F1 | dev weighted F1 | Δ wF1 vs full |",
                   "|---|---|---|---|---|---|"]
         for variant in VARIANTS:
@@ -88,7 +93,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="runs/ablation", help="where the run directories go")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    parser.add_argument("--presets", nargs="+", default=None, help=f"synthetic presets (default: {list(PRESETS)})")
+    parser.add_argument("--datasets", nargs="+", metavar="NAME=CONFIG@PATH", default=[],
+                        help="real datasets instead: a name, a config file and a dataset path")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--quick", action="store_true", help="one seed, tiny data, 2 epochs: pipeline check")
     parser.add_argument("--write", metavar="FILE.md", help="write the table (with machine and command) here")
@@ -100,6 +107,10 @@ def main() -> int:
         extra, seeds = QUICK + extra, seeds[:1]
     for name in [k for k in VARIANTS if k not in args.variants and k != "full ReDiFu"]:
         del VARIANTS[name]
+    for spec in args.datasets:
+        name, _, value = spec.partition("=")
+        PRESETS[name] = value
+    args.presets = args.presets or ([s.partition("=")[0] for s in args.datasets] or ["iemocap", "meld"])
     output = Path(args.output)
     started = time.perf_counter()
     results = {}
