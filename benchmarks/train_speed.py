@@ -5,7 +5,7 @@ training split in the same batches the trainer uses, without Lightning's logging
 pass over dev in eval mode without autograd. Prints the machine, the settings and the median
 over repetitions.
 
-    python benchmarks/train_speed.py --config configs/authors-iemocap.yaml --epochs 2
+    python benchmarks/train_speed.py --config configs/iemocap.yaml --epochs 2
 """
 
 from __future__ import annotations

@@ -25,10 +25,10 @@ def test_shipped_configs_load(name):
 
 
 def test_authors_settings_are_in_config_files_not_code():
-    iemocap = load_config(REPO / "configs" / "authors-iemocap.yaml")
+    iemocap = load_config(REPO / "configs" / "iemocap.yaml")
     assert (iemocap.model["hidden_size"], iemocap.model["num_heads"], iemocap.model["window"]) == (512, 64, 20)
     assert (iemocap.training.lr, iemocap.training.batch_size) == (1e-4, 16)
-    meld = load_config(REPO / "configs" / "authors-meld.yaml")
+    meld = load_config(REPO / "configs" / "meld.yaml")
     assert (meld.model["hidden_size"], meld.model["num_heads"], meld.model["window"]) == (256, 16, 25)
 
 
