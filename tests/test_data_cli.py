@@ -118,3 +118,10 @@ def test_prepare_offline_gives_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--source" in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_records_the_text_extractor(meld_dataset, tmp_path):
+    assert main(["train", "--output", str(tmp_path / "run"), f"data.path={meld_dataset}", *FAST_TRAIN]) == 0
+    run = json.loads((tmp_path / "run" / "checkpoint" / "run.json").read_text())
+    assert run["modalities"] == ["text"]
+    assert run["extractors"]["text"]["name"] and run["extractors"]["text"]["dimension"] == 384

@@ -109,10 +109,15 @@ class Dialogue:
 
 @dataclass
 class DialogueCorpus:
-    """A dataset: metadata plus its dialogues per split (``train``, ``dev``, ``test``)."""
+    """A dataset: metadata plus its dialogues per split (``train``, ``dev``, ``test``).
+
+    ``provenance`` records where the data came from (source files and their SHA-256, the reader,
+    and per modality the feature extractor that produced the features).
+    """
 
     metadata: DatasetMetadata
     splits: dict[str, list[Dialogue]]
+    provenance: dict = field(default_factory=dict)
 
     def validate(self, source: str = "<memory>") -> None:
         """Check every dialogue against the metadata; raise :class:`DataError` naming the culprit."""

@@ -65,7 +65,7 @@ def select_modalities(corpus: DialogueCorpus, modalities: tuple[str, ...], *, so
         split: [replace(d, features={m: d.features[m] for m in dims}) for d in dialogues]
         for split, dialogues in corpus.splits.items()
     }
-    return DialogueCorpus(metadata=metadata, splits=splits)
+    return DialogueCorpus(metadata=metadata, splits=splits, provenance=corpus.provenance)
 
 
 def fingerprint(corpus: DialogueCorpus) -> str:

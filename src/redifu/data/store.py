@@ -121,6 +121,6 @@ def load_stored_corpus(directory: str | Path) -> DialogueCorpus:
                 features={m: arrays[m][rows] for m in metadata.modality_dims},
             ))
         splits[split] = dialogues
-    corpus = DialogueCorpus(metadata=metadata, splits=splits)
+    corpus = DialogueCorpus(metadata=metadata, splits=splits, provenance=dict(manifest.get("provenance", {})))
     corpus.validate(str(directory))
     return corpus

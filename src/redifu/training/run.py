@@ -173,6 +173,9 @@ def train(
         "data": config.to_dict()["data"],
         "eval_batch_size": training.eval_batch_size,
         "data_fingerprint": data_fingerprint,
+        "modalities": list(model_config.modalities),
+        "extractors": {m: e for m, e in corpus.provenance.get("extractors", {}).items()
+                       if m in model_config.modalities},
         "seed": training.seed,
         "redifu_version": redifu.__version__,
         "commit": git_commit(),
