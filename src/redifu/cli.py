@@ -188,6 +188,44 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from redifu.predict import OUTPUT_FORMATS, PredictionWriter, Predictor
+
+    started = time.perf_counter()
+    output = Path(args.output)
+    if output.suffix.lower() not in OUTPUT_FORMATS:
+        raise UsageError(f"--output {output}: unknown format {output.suffix!r}; use .jsonl or .csv")
+    if output.resolve() == Path(args.input).resolve():
+        raise UsageError(f"--output {output}: would overwrite the input file")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.device is not None:
+        try:
+            torch.device(args.device)
+        except RuntimeError:
+            raise UsageError(f"--device {args.device!r}: not a torch device") from None
+    if not args.verbose:  # the encoder logs every batch; the progress bar says enough
+        logging.getLogger("redifu.features.text").setLevel(logging.WARNING)
+    try:
+        predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, batch_size=args.batch_size)
+        reader = predictor.read(args.input, on_error=args.on_error)
+        with PredictionWriter(output, predictor.classes, explain=args.explain) as writer, tqdm(
+            desc="predict", unit="dialogue", disable=args.no_progress or not sys.stderr.isatty()
+        ) as bar:
+            for predictions in predictor.predict_many(reader, explain=args.explain):
+                writer.write(predictions)
+                bar.update(1)
+    except ImportError as error:  # the text encoder's optional dependencies
+        raise UsageError(str(error)) from None
+    print(f"redifu predict: {writer.dialogues} dialogues, {writer.utterances} utterances, skipped "
+          f"{reader.skipped_dialogues} dialogues ({reader.skipped_rows} rows), "
+          f"{time.perf_counter() - started:.1f} s -> {output}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="redifu",
@@ -228,6 +266,30 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
     evaluate.add_argument("overrides", nargs="*", metavar="data.key=value", help="data overrides, e.g. data.path=DIR")
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    predict = commands.add_parser(
+        "predict",
+        help="predict the emotion of every utterance of new conversations",
+        description="Predict emotions with a checkpoint. INPUT is JSON Lines (.jsonl) or CSV (.csv), one "
+        "utterance per row: dialogue_id, utterance (integer order), speaker, text, and optionally precomputed "
+        "features per modality: <modality> = list of floats (JSON Lines) or <modality>_npy = path of a .npy "
+        "vector (relative to INPUT's folder). Rows of a dialogue must be contiguous. Transcripts are encoded "
+        "with the text extractor recorded in the checkpoint. The file is read dialogue by dialogue.",
+        epilog="OUTPUT (.jsonl or .csv) gets one record per utterance: dialogue_id, utterance, speaker, label "
+        "and the class probabilities (prob_<class> columns in CSV, a probabilities object in JSON Lines). It is "
+        "written to a temporary file and renamed at the end: a failed run leaves no output file.",
+    )
+    predict.add_argument("input", metavar="INPUT", help="conversations, .jsonl or .csv")
+    predict.add_argument("--checkpoint", metavar="DIR", required=True, help="checkpoint directory (RUN/checkpoint)")
+    predict.add_argument("--output", metavar="OUT", required=True, help="predictions, .jsonl or .csv")
+    predict.add_argument("--on-error", choices=["fail", "skip"], default="fail",
+                         help="on a malformed row: stop (fail, default) or skip its whole dialogue with a warning")
+    predict.add_argument("--batch-size", type=int, default=16, help="dialogues per forward pass (default: 16)")
+    predict.add_argument("--explain", action="store_true",
+                         help="add per-utterance attention summaries (top graph neighbours, fusion gates)")
+    predict.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
+    predict.add_argument("--no-progress", action="store_true", help="no progress bar")
+    predict.set_defaults(handler=cmd_predict)
 
     data = commands.add_parser("data", help="prepare, convert and inspect datasets",
                                description="Datasets: prepare MELD/EmoryNLP from their official CSVs, convert "
