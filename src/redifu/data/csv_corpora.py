@@ -225,16 +225,7 @@ def read_meld_csvs(directory: str | Path) -> TranscriptCorpus:
         DataError: a file is missing or malformed; the message names the file, line, dialogue
             and field.
     """
-    directory = Path(directory)
-    splits: dict[str, list[list[TranscriptUtterance]]] = {}
-    hashes: dict[str, str] = {}
-    repaired = 0
-    for split, filename in MELD_FILES.items():
-        dialogues, digest, fixed = _read_meld_file(directory / filename)
-        splits[split], hashes[split] = dialogues, digest
-        repaired += fixed
-    _log_summary("MELD", splits, repaired)
-    return TranscriptCorpus("MELD", MELD_EMOTIONS, splits, repaired, hashes)
+    return _read_corpus("MELD", MELD_EMOTIONS, MELD_FILES, _read_meld_file, Path(directory))
 
 
 def read_emorynlp_csvs(directory: str | Path) -> TranscriptCorpus:
@@ -244,16 +235,25 @@ def read_emorynlp_csvs(directory: str | Path) -> TranscriptCorpus:
         DataError: a file is missing or malformed; the message names the file, line, dialogue
             and field.
     """
-    directory = Path(directory)
+    return _read_corpus("EmoryNLP", EMORYNLP_EMOTIONS, EMORYNLP_FILES, _read_emorynlp_file, Path(directory))
+
+
+def _read_corpus(
+    name: str,
+    classes: tuple[str, ...],
+    files: Mapping[str, str],
+    read_file: Callable[[Path], tuple[list[list[TranscriptUtterance]], str, int]],
+    directory: Path,
+) -> TranscriptCorpus:
     splits: dict[str, list[list[TranscriptUtterance]]] = {}
     hashes: dict[str, str] = {}
     repaired = 0
-    for split, filename in EMORYNLP_FILES.items():
-        dialogues, digest, fixed = _read_emorynlp_file(directory / filename)
+    for split, filename in files.items():
+        dialogues, digest, fixed = read_file(directory / filename)
         splits[split], hashes[split] = dialogues, digest
         repaired += fixed
-    _log_summary("EmoryNLP", splits, repaired)
-    return TranscriptCorpus("EmoryNLP", EMORYNLP_EMOTIONS, splits, repaired, hashes)
+    _log_summary(name, splits, repaired)
+    return TranscriptCorpus(name, classes, splits, repaired, hashes)
 
 
 _MELD_COLUMNS = ("Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID")

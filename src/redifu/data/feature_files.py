@@ -423,7 +423,8 @@ def _id_sort_key(dialogue_id: Any) -> tuple[str, Any]:
     return (type(dialogue_id).__name__, dialogue_id)
 
 
-def _file_sha256(path: str) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -739,7 +740,7 @@ def read_feature_file(
         else f"text feature {spec.fields[spec.position('text')].name}"
     )
     description = (
-        f"{spec.dataset.upper()} features read from {source} (sha256 {_file_sha256(source)}); "
+        f"{spec.dataset.upper()} features read from {source} (sha256 {file_sha256(source)}); "
         f"layout {layout} ({spec.reference}); {text_note}; {dev_note}"
     )
     metadata = DatasetMetadata(

@@ -3,7 +3,6 @@ transcripts with sentence-encoder text features (``prepare``), and a summary (``
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -25,14 +24,6 @@ def default_download_dir(name: str) -> Path:
     return Path(base) / "redifu" / "datasets" / name
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def convert_feature_file(
     path: str | Path,
     output: str | Path,
@@ -43,6 +34,8 @@ def convert_feature_file(
     dev_seed: int = 0,
 ) -> DialogueCorpus:
     """Read a standard feature pickle safely and write it in redifu's open format."""
+    from redifu.data.feature_files import file_sha256
+
     path = Path(path)
     corpus = _read_pickle(path, layout=layout, text_feature=text_feature, dev_fraction=dev_fraction, dev_seed=dev_seed)
     save_corpus(corpus, output, provenance={
