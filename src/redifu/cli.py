@@ -226,6 +226,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_features_extract(args: argparse.Namespace) -> int:
+    from redifu.features.extract import extract_features, features_dir
+
+    started = time.perf_counter()
+    output = Path(args.output)
+    if output.suffix.lower() not in (".jsonl", ".csv"):
+        raise UsageError(f"--output {output}: unknown format {output.suffix!r}; use .jsonl or .csv")
+    if output.resolve() == Path(args.input).resolve():
+        raise UsageError(f"--output {output}: would overwrite the input file")
+    if args.text_encoder and "text" not in args.modalities:
+        raise UsageError("--text-encoder needs --modalities text")
+    if not args.verbose:
+        logging.getLogger("redifu.features.text").setLevel(logging.WARNING)
+    try:
+        stats = extract_features(args.input, output, modalities=args.modalities, audio_set=args.audio_set,
+                                 text_encoder=args.text_encoder, cache_dir=args.cache_dir)
+    except ImportError as error:  # the audio/text extras
+        raise UsageError(str(error)) from None
+    sizes = ", ".join(f"{m} {d}-d" for m, d in stats["dimensions"].items())
+    print(f"redifu features extract: {stats['rows']} utterances ({sizes}), "
+          f"{time.perf_counter() - started:.1f} s -> {output} (vectors in {features_dir(output)})", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="redifu",
@@ -332,6 +356,34 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--layout", help="pickle layout (default: detected)")
     info.add_argument("--text-feature", default="roberta1")
     info.set_defaults(handler=cmd_data_info)
+
+    features = commands.add_parser("features", help="precompute utterance features",
+                                   description="Feature extraction for `redifu predict` and dataset building.")
+    features_commands = features.add_subparsers(dest="features_command", metavar="FEATURES_COMMAND", required=True)
+    extract = features_commands.add_parser(
+        "extract", help="extract audio (openSMILE) and text features per utterance",
+        description="Read INPUT (.jsonl or .csv; one utterance per row: dialogue_id, utterance, speaker, text, and "
+        "audio = path of a WAV/FLAC file, relative to INPUT's folder: one file per utterance, or one file per "
+        "dialogue with start/end in seconds or HH:MM:SS,mmm as in MELD's CSVs). Audio is mixed down to mono, "
+        "resampled to 16 kHz and described with openSMILE functionals (IS10_paraling: 1582-d, the standard IEMOCAP "
+        "set; eGeMAPSv02: 88-d); results are cached by file content hash, segment and feature set.",
+        epilog="OUT gets the input rows plus <modality>_npy columns (paths relative to OUT's folder) naming "
+        "OUT_features/<dialogue>_<utt>_<modality>.npy, one float32 vector each; the audio column becomes "
+        "audio_path. `redifu predict OUT --checkpoint DIR` reads it directly. OUT is written to a temporary file "
+        "and renamed at the end.",
+    )
+    extract.add_argument("input", metavar="INPUT", help="utterances, .jsonl or .csv")
+    extract.add_argument("--output", metavar="OUT", required=True, help="rows with feature paths, .jsonl or .csv")
+    extract.add_argument("--modalities", nargs="+", choices=["text", "audio"], default=["audio"],
+                         help="modalities to extract (default: audio; predict encodes text with the checkpoint's "
+                         "own encoder)")
+    extract.add_argument("--audio-set", choices=["IS10_paraling", "eGeMAPSv02"], default="IS10_paraling",
+                         help="openSMILE functionals set (default: IS10_paraling, 1582-d)")
+    extract.add_argument("--text-encoder", metavar="MODEL",
+                         help="sentence-transformers model or path for text (default: packaged all-MiniLM-L6-v2)")
+    extract.add_argument("--cache-dir", metavar="DIR",
+                         help="feature cache root (default ~/.cache/redifu/{audio,text}-features)")
+    extract.set_defaults(handler=cmd_features_extract)
     return parser
 
 

@@ -169,7 +169,6 @@ def extract_features(
         seen[name] = line
         names.append(name)
 
-    folder.mkdir(parents=True, exist_ok=True)
     vectors: dict[str, list[np.ndarray]] = {}
     extractors: dict[str, dict] = {}
     if "text" in modalities:
@@ -196,6 +195,7 @@ def extract_features(
         vectors["audio"] = audio
         extractors["audio"] = asdict(extractor.info)
 
+    folder.mkdir(parents=True, exist_ok=True)  # only now: a failed extraction leaves nothing behind
     written = []
     for position, ((_, row), name) in enumerate(zip(rows, names)):
         row = dict(row)
