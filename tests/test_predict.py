@@ -296,3 +296,15 @@ def test_transcripts_encoded_with_the_offline_text_encoder(tmp_path, monkeypatch
     small = Predictor.from_pretrained(save_tiny(tmp_path / "small", {"text": 16}), device="cpu")
     with pytest.raises(CheckpointError, match=r"takes 16-d text features but the text encoder 'all-MiniLM-L6-v2' gives 384-d"):
         small.predict([InputUtterance("x", 0, "Ann", "hello", {})])
+
+
+def test_without_output_prints_one_line_per_utterance(tmp_path, multimodal, capsys):
+    source = write_jsonl(tmp_path / "in.jsonl", make_rows())
+    assert main(["predict", "--checkpoint", str(multimodal), str(source)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    predictor = Predictor.from_pretrained(multimodal, device="cpu")
+    expected = [p for d in predictor.predict_many(read_conversations(source)) for p in d]
+    assert len(lines) == 1 + len(expected)
+    for line, p in zip(lines[1:], expected):
+        fields = line.split()
+        assert fields[0] == p.dialogue_id and int(fields[1]) == p.index and fields[3] == p.label

@@ -195,6 +195,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from redifu.predict import OUTPUT_FORMATS, PredictionWriter, Predictor
 
     started = time.perf_counter()
+    if args.output is None:
+        return _print_predictions(args)
     output = Path(args.output)
     if output.suffix.lower() not in OUTPUT_FORMATS:
         raise UsageError(f"--output {output}: unknown format {output.suffix!r}; use .jsonl or .csv")
@@ -223,6 +225,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"redifu predict: {writer.dialogues} dialogues, {writer.utterances} utterances, skipped "
           f"{reader.skipped_dialogues} dialogues ({reader.skipped_rows} rows), "
           f"{time.perf_counter() - started:.1f} s -> {output}", file=sys.stderr)
+    return 0
+
+
+def _print_predictions(args: argparse.Namespace) -> int:
+    """`redifu predict` without --output: the emotions, one utterance per line, on stdout."""
+    from redifu.predict import Predictor
+
+    if not args.verbose:
+        logging.getLogger("redifu.features.text").setLevel(logging.WARNING)
+    try:
+        predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, batch_size=args.batch_size)
+        reader = predictor.read(args.input, on_error=args.on_error)
+        print(f"{'dialogue':<16}{'utt':>4}  {'speaker':<14}{'emotion':<12}{'p':>5}")
+        for predictions in predictor.predict_many(reader):
+            for p in predictions:
+                print(f"{p.dialogue_id:<16}{p.index:>4}  {p.speaker:<14}{p.label:<12}{p.probabilities[p.label]:>5.2f}")
+    except ImportError as error:
+        raise UsageError(str(error)) from None
     return 0
 
 
@@ -305,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("input", metavar="INPUT", help="conversations, .jsonl or .csv")
     predict.add_argument("--checkpoint", metavar="DIR", required=True, help="checkpoint directory (RUN/checkpoint)")
-    predict.add_argument("--output", metavar="OUT", required=True, help="predictions, .jsonl or .csv")
+    predict.add_argument("--output", metavar="OUT",
+                         help="predictions, .jsonl or .csv (default: print one line per utterance)")
     predict.add_argument("--on-error", choices=["fail", "skip"], default="fail",
                          help="on a malformed row: stop (fail, default) or skip its whole dialogue with a warning")
     predict.add_argument("--batch-size", type=int, default=16, help="dialogues per forward pass (default: 16)")
