@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,12 @@ def dialogues_from_texts(path: Path, count: int) -> list[list[InputUtterance]]:
         grouped.setdefault(row["Dialogue_ID"], []).append(row)
     base = [[InputUtterance(dialogue_id=f"d{k}", index=i, speaker=r["Speaker"], text=r["Utterance"], features={})
              for i, r in enumerate(group)] for k, group in enumerate(grouped.values())]
-    return [base[i % len(base)] for i in range(count)]
+    return repeat(base, count)
+
+
+def repeat(base: list[list[InputUtterance]], count: int) -> list[list[InputUtterance]]:
+    """``count`` dialogues cycling through ``base``, each with its own id."""
+    return [[replace(u, dialogue_id=f"d{i}") for u in base[i % len(base)]] for i in range(count)]
 
 
 def dialogues_from_synthetic(predictor: Predictor, count: int) -> list[list[InputUtterance]]:
@@ -52,7 +58,7 @@ def dialogues_from_synthetic(predictor: Predictor, count: int) -> list[list[Inpu
         base.append([InputUtterance(dialogue_id=d.dialogue_id, index=i, speaker=f"s{int(d.speakers[i])}", text=None,
                                     features={m: d.features[m][i] for m in predictor.modalities})
                      for i in range(len(d))])
-    return [base[i % len(base)] for i in range(count)]
+    return repeat(base, count)
 
 
 def rate(predictor: Predictor, dialogues, batch_size: int) -> float:
@@ -81,7 +87,9 @@ def peak_rss_mb(checkpoint: str, path: Path) -> tuple[float, float]:
             f"rc = main(['predict', '--checkpoint', {checkpoint!r}, {str(path)!r}, '--output', {str(out)!r}, "
             "'--no-progress']); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "
             "time.perf_counter() - t); sys.exit(rc)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"redifu predict failed on {path}: {result.stderr.strip().splitlines()[-1]}")
     rss, seconds = result.stdout.split()[-2:]
     return float(rss), float(seconds)
 
