@@ -176,3 +176,37 @@ def test_cli_features_extract(tmp_path, capsys):
     assert code == 2 and "\n" not in error
     assert f"{bad}:1" in error and "nowhere.wav" in error and "not found" in error
     assert not (tmp_path / "bad-out.jsonl").exists() and not (tmp_path / "bad-out_features").exists()
+
+
+@needs_espeak
+def test_predict_extracts_audio_with_the_recorded_extractor(speech, tmp_path, capsys):
+    """`redifu predict` takes an audio file per row and computes the model's own audio features."""
+    import torch
+
+    from redifu.checkpoint import save_checkpoint
+    from redifu.model import ReDiFu, ReDiFuConfig
+    from redifu.predict import Predictor
+
+    torch.manual_seed(0)
+    model = ReDiFu(ReDiFuConfig(modality_dims={"text": 4, "audio": 88}, num_classes=2, num_speakers=2,
+                                hidden_size=8, num_heads=2))
+    extractor = {"name": "eGeMAPSv02", "version": "test", "dimension": 88, "settings": {"feature_set": "eGeMAPSv02"}}
+    recorded = save_checkpoint(tmp_path / "ckpt", model, ("calm", "upset"),
+                               {"modalities": ["text", "audio"], "extractors": {"audio": extractor}})
+    bare = save_checkpoint(tmp_path / "bare", model, ("calm", "upset"), {"modalities": ["text", "audio"]})
+    rows = [{"dialogue_id": "d", "utterance": i, "speaker": "A", "text": [0.1 * i, 0.2, 0.3, 0.4],
+             "audio_path": str(speech)} for i in range(2)]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    predictor = Predictor.from_pretrained(recorded, device="cpu")
+    [dialogue] = list(predictor.read(source))
+    expected = AudioFeatureExtractor("eGeMAPSv02", cache_dir=tmp_path / "cache").extract_file(speech)
+    np.testing.assert_allclose(dialogue[0].features["audio"], expected, rtol=1e-5, atol=1e-6)
+    assert main(["predict", "--checkpoint", str(recorded), str(source), "--output", str(tmp_path / "out.jsonl"),
+                 "--no-progress"]) == 0
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 2
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(bare), str(source), "--output", str(tmp_path / "bare.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "audio_path" in err and "does not record" in err and err.count("\n") == 1
+    assert not (tmp_path / "bare.jsonl").exists()

@@ -10,7 +10,10 @@ Input: one utterance per row, as JSON Lines (``.jsonl``, ``.ndjson``) or CSV (``
 - ``text``: the transcript, encoded with the text extractor recorded in the checkpoint;
 - optionally precomputed features per modality: ``<modality>`` = list of floats (JSON Lines
   only; for ``text`` a list instead of a string) or ``<modality>_npy`` = path of a ``.npy``
-  file holding one vector (relative paths are resolved against the input file's directory).
+  file holding one vector (relative paths are resolved against the input file's directory);
+- or, for audio, ``audio_path`` (a wav/flac file, with optional ``start``/``end`` for one file
+  per dialogue): openSMILE features computed with the audio extractor the checkpoint records
+  (refused when it records none).
 
 Files are read and predicted dialogue by dialogue and batch by batch, so memory stays flat.
 Malformed rows raise a one-line :class:`~redifu.data.dialogue.DataError` naming the file, the
@@ -192,6 +195,7 @@ class ConversationReader(Iterator[list[InputUtterance]]):
         self.on_error = on_error
         self.feature_dims = dict(feature_dims) if feature_dims is not None else None
         self.extractors = dict(extractors or {})
+        self._audio_extractor = None
         self._seen_dims: dict[str, int] = {}
         self.dialogues = self.rows = self.skipped_dialogues = self.skipped_rows = 0
         self._iterator = self._read()
@@ -305,6 +309,8 @@ class ConversationReader(Iterator[list[InputUtterance]]):
                 except ValueError as error:
                     raise fail(npy_name, str(error)) from None
                 features[modality] = self._vector(fail, npy_name, array, modality=modality)
+        if "audio" not in features and row.get("audio_path") not in (None, ""):
+            features["audio"] = self._extract_audio(fail, row)
         if text is None and "text" not in features:
             raise fail("text", "missing (give the transcript, or a precomputed 'text' vector or 'text_npy')")
         if self.feature_dims is not None:
@@ -314,6 +320,29 @@ class ConversationReader(Iterator[list[InputUtterance]]):
                                f"needs all of them for every utterance")
         return InputUtterance(dialogue_id=dialogue_id, index=order, speaker=str(speaker), text=text,
                               features=features)
+
+    def _extract_audio(self, fail, row: Mapping[str, Any]) -> np.ndarray:
+        """openSMILE features of the row's ``audio_path`` (and ``start``/``end``), made with the
+        extractor the model was trained on; refused when the checkpoint does not record one."""
+        recorded = self.extractors.get("audio")
+        if not recorded:
+            raise fail("audio_path", "this model's checkpoint does not record how its audio features were made; "
+                       "give 'audio_npy' vectors made the way its training features were")
+        if self._audio_extractor is None:
+            from redifu.features.audio import AUDIO_FEATURE_SETS, AudioFeatureExtractor
+
+            feature_set = (recorded.get("settings") or {}).get("feature_set") or recorded.get("name")
+            if feature_set not in AUDIO_FEATURE_SETS:
+                raise fail("audio_path", f"the model was trained on audio features from {feature_set!r}, which "
+                           f"redifu cannot compute (it computes {', '.join(AUDIO_FEATURE_SETS)}); give 'audio_npy'")
+            self._audio_extractor = AudioFeatureExtractor(feature_set)
+        path = Path(str(row["audio_path"])).expanduser()
+        path = path if path.is_absolute() else self.path.parent / path
+        try:
+            vector = self._audio_extractor.extract_file(path, row.get("start") or None, row.get("end") or None)
+        except (DataError, ValueError) as error:
+            raise fail("audio_path", str(error)) from None
+        return self._vector(fail, "audio_path", vector, modality="audio")
 
     def _vector(self, fail, name: str, value: Any, *, modality: str | None = None) -> np.ndarray:
         modality = modality or name
