@@ -7,7 +7,6 @@ the user's input end with a one-line message and exit status 2, never a tracebac
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -122,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from redifu.checkpoint import load_checkpoint, write_json_atomic
-    from redifu.config import build_config, load_config
+    from redifu.config import apply_overrides, build_config
     from redifu.data.loading import fingerprint, load_corpus
     from redifu.training.evaluation import evaluate_split
 
@@ -133,8 +132,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     bad = [o for o in args.overrides if not o.startswith("data.")]
     if bad:
         raise UsageError(f"{bad[0].split('=')[0]}: evaluate only takes data.* overrides")
-    base = build_config({"data": data_section or {}})
-    config = load_config(None, [f"data.{k}={json.dumps(v)}" for k, v in base.to_dict()["data"].items()] + list(args.overrides))
+    config = build_config(apply_overrides({"data": dict(data_section or {})}, args.overrides))
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -195,13 +193,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from redifu.predict import OUTPUT_FORMATS, PredictionWriter, Predictor
 
     started = time.perf_counter()
-    if args.output is None:
-        return _print_predictions(args)
-    output = Path(args.output)
-    if output.suffix.lower() not in OUTPUT_FORMATS:
-        raise UsageError(f"--output {output}: unknown format {output.suffix!r}; use .jsonl or .csv")
-    if output.resolve() == Path(args.input).resolve():
-        raise UsageError(f"--output {output}: would overwrite the input file")
+    output = Path(args.output) if args.output is not None else None
+    if output is not None:
+        if output.suffix.lower() not in OUTPUT_FORMATS:
+            raise UsageError(f"--output {output}: unknown format {output.suffix!r}; use .jsonl or .csv")
+        if output.resolve() == Path(args.input).resolve():
+            raise UsageError(f"--output {output}: would overwrite the input file")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.device is not None:
@@ -214,6 +211,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, batch_size=args.batch_size)
         reader = predictor.read(args.input, on_error=args.on_error)
+        if output is None:  # the emotions, one utterance per line, on stdout
+            print(f"{'dialogue':<16}{'utt':>4}  {'speaker':<14}{'emotion':<12}{'p':>5}")
+            for predictions in predictor.predict_many(reader):
+                for p in predictions:
+                    print(f"{p.dialogue_id:<16}{p.index:>4}  {p.speaker:<14}{p.label:<12}"
+                          f"{p.probabilities[p.label]:>5.2f}")
+            return 0
         with PredictionWriter(output, predictor.classes, explain=args.explain) as writer, tqdm(
             desc="predict", unit="dialogue", disable=args.no_progress or not sys.stderr.isatty()
         ) as bar:
@@ -225,24 +229,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"redifu predict: {writer.dialogues} dialogues, {writer.utterances} utterances, skipped "
           f"{reader.skipped_dialogues} dialogues ({reader.skipped_rows} rows), "
           f"{time.perf_counter() - started:.1f} s -> {output}", file=sys.stderr)
-    return 0
-
-
-def _print_predictions(args: argparse.Namespace) -> int:
-    """`redifu predict` without --output: the emotions, one utterance per line, on stdout."""
-    from redifu.predict import Predictor
-
-    if not args.verbose:
-        logging.getLogger("redifu.features.text").setLevel(logging.WARNING)
-    try:
-        predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, batch_size=args.batch_size)
-        reader = predictor.read(args.input, on_error=args.on_error)
-        print(f"{'dialogue':<16}{'utt':>4}  {'speaker':<14}{'emotion':<12}{'p':>5}")
-        for predictions in predictor.predict_many(reader):
-            for p in predictions:
-                print(f"{p.dialogue_id:<16}{p.index:>4}  {p.speaker:<14}{p.label:<12}{p.probabilities[p.label]:>5.2f}")
-    except ImportError as error:
-        raise UsageError(str(error)) from None
     return 0
 
 
@@ -439,9 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except _user_errors() as error:
-        message = error.args[0] if isinstance(error, FileNotFoundError) and error.args and not error.filename else error
-        if isinstance(error, FileNotFoundError) and error.filename:
-            message = f"{error.filename}: file not found"
+        message = f"{error.filename}: file not found" if getattr(error, "filename", None) else error
         print(f"redifu: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

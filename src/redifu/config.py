@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,7 +193,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Check ``value`` against a field's type annotation; convert where lossless (int -> float)."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         errors = []
@@ -234,10 +235,10 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     return value
 
 
-def _merge(base: dict[str, Any], updates: Mapping[str, Any], prefix: str = "") -> None:
+def _merge(base: dict[str, Any], updates: Mapping[str, Any]) -> None:
     for key, value in updates.items():
         if isinstance(value, Mapping) and isinstance(base.get(key), dict) and key != "synthetic":
-            _merge(base[key], value, f"{prefix}{key}.")
+            _merge(base[key], value)
         else:
             base[key] = value
 
@@ -305,6 +306,11 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         if not isinstance(loaded, Mapping):
             raise ConfigError(f"{path}: expected a mapping with data/model/training sections")
         _merge(raw, loaded)
+    return build_config(apply_overrides(raw, overrides))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Set each dotted ``key=value`` of ``overrides`` in the nested mapping ``raw`` (in place)."""
     for text in overrides:
         parts, value = parse_override(text)
         target = raw
@@ -314,7 +320,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
                 raise ConfigError(f"{'.'.join(parts)}: {part} is not a section")
             target = node
         target[parts[-1]] = value
-    return build_config(raw)
+    return raw
 
 
 def dump_config(config: ExperimentConfig) -> str:

@@ -186,9 +186,6 @@ class ReDiFuConfig:
             raise ConfigError(f"model.{unknown[0]}: unknown model option")
         return cls(**data)
 
-    def replace(self, **changes: Any) -> "ReDiFuConfig":
-        return dataclasses.replace(self, **changes)
-
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from redifu.config import DataConfig
-from redifu.data.dialogue import SPLITS, DataError, DatasetMetadata, Dialogue, DialogueCorpus
+from redifu.data.dialogue import SPLITS, DataError, DialogueCorpus
 
 
 def load_corpus(config: DataConfig) -> DialogueCorpus:
@@ -35,7 +35,7 @@ def load_corpus(config: DataConfig) -> DialogueCorpus:
 
 
 def _load_path(path: Path, config: DataConfig) -> DialogueCorpus:
-    from redifu.data.prepare import _read_pickle
+    from redifu.data.prepare import read_pickle
     from redifu.data.store import is_stored_corpus, load_stored_corpus
 
     if not path.exists():
@@ -47,7 +47,7 @@ def _load_path(path: Path, config: DataConfig) -> DialogueCorpus:
             f"data.path: {path}: not a redifu dataset directory (manifest.json is missing); "
             "use `redifu data prepare` or `redifu data convert` first"
         )
-    return _read_pickle(path, layout=config.layout, text_feature=config.text_feature,
+    return read_pickle(path, layout=config.layout, text_feature=config.text_feature,
                         dev_fraction=config.dev_fraction, dev_seed=config.dev_seed)
 
 
@@ -81,5 +81,3 @@ def fingerprint(corpus: DialogueCorpus) -> str:
                 digest.update(np.ascontiguousarray(dialogue.features[m], dtype=np.float32).tobytes())
     return digest.hexdigest()
 
-
-__all__ = ["load_corpus", "select_modalities", "fingerprint", "DataError", "Dialogue", "DatasetMetadata"]

@@ -4,7 +4,6 @@ transcripts with sentence-encoder text features (``prepare``), and a summary (``
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,9 @@ TRANSCRIPT_DATASETS = ("meld", "emorynlp")
 
 
 def default_download_dir(name: str) -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "redifu" / "datasets" / name
+    from redifu.features.info import redifu_cache_dir
+
+    return redifu_cache_dir("datasets", name)
 
 
 def convert_feature_file(
@@ -37,7 +37,7 @@ def convert_feature_file(
     from redifu.data.feature_files import file_sha256
 
     path = Path(path)
-    corpus = _read_pickle(path, layout=layout, text_feature=text_feature, dev_fraction=dev_fraction, dev_seed=dev_seed)
+    corpus = read_pickle(path, layout=layout, text_feature=text_feature, dev_fraction=dev_fraction, dev_seed=dev_seed)
     save_corpus(corpus, output, provenance={
         "source_file": str(path.resolve()),
         "sha256": file_sha256(path),
@@ -50,7 +50,8 @@ def convert_feature_file(
     return corpus
 
 
-def _read_pickle(path: Path, **options: Any) -> DialogueCorpus:
+def read_pickle(path: Path, **options: Any) -> DialogueCorpus:
+    """A feature pickle through the safe reader; bad options become a one-line DataError."""
     from redifu.data.feature_files import read_feature_file
 
     try:
@@ -120,7 +121,7 @@ def load_any(path: str | Path, **pickle_options: Any) -> tuple[DialogueCorpus, d
         if not is_stored_corpus(path):
             raise DataError(f"{path}: not a redifu dataset (manifest.json is missing)")
         return load_stored_corpus(path), read_manifest(path).get("provenance", {})
-    return _read_pickle(path, **pickle_options), {"source_file": str(path)}
+    return read_pickle(path, **pickle_options), {"source_file": str(path)}
 
 
 def describe(corpus: DialogueCorpus, provenance: dict[str, Any] | None = None) -> str:
@@ -152,4 +153,4 @@ def describe(corpus: DialogueCorpus, provenance: dict[str, Any] | None = None) -
         if "extractors" in provenance:
             for modality, extractor in provenance["extractors"].items():
                 lines.append(f"{modality} extractor: {extractor.get('name')} ({extractor.get('dimension')}-d)")
-    return "\n".join(line for line in lines if line is not None) + "\n"
+    return "\n".join(lines) + "\n"

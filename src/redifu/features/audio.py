@@ -31,17 +31,15 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from redifu.data.dialogue import DataError
+from redifu.features.info import ExtractorInfo, redifu_cache_dir, write_cache_npz
 
 logger = logging.getLogger(__name__)
 
@@ -66,27 +64,13 @@ _HASH_CHUNK = 1 << 20
 _TIMESTAMP = re.compile(r"^(?:(\d+):)?(\d+):(\d+(?:[.,]\d*)?)$")  # [HH:]MM:SS[,mmm]
 
 
-@dataclass(frozen=True)
-class AudioFeatureInfo:
-    """What produced a set of audio features (stored with them for provenance).
-
-    Args:
-        name: Feature set name (``IS10_paraling`` or ``eGeMAPSv02``).
-        version: ``opensmile`` package version plus a fingerprint of the config files.
-        dimension: Feature size ``D``.
-        settings: Options that change the features (sampling rate, mix-down, feature level).
-    """
-
-    name: str
-    version: str
-    dimension: int
-    settings: dict = field(default_factory=dict)
+AudioFeatureInfo = ExtractorInfo
+"""What produced a set of audio features (see :class:`~redifu.features.info.ExtractorInfo`)."""
 
 
 def default_audio_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/redifu/audio-features`` (``~/.cache/redifu/audio-features`` by default)."""
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "redifu" / "audio-features"
+    return redifu_cache_dir("audio-features")
 
 
 def parse_timestamp(value: Any) -> float:
@@ -335,23 +319,7 @@ class AudioFeatureExtractor:
         return features.astype(np.float32, copy=False)
 
     def _write_cache(self, key: str, features: np.ndarray) -> None:
-        path = self._cache_path(key)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{key[:16]}.", suffix=".tmp", delete=False)
-        except OSError as error:
-            logger.warning("audio feature cache: cannot write %s: %s", path, error)
-            return
-        temporary = Path(handle.name)
-        try:
-            os.chmod(temporary, 0o644)  # like any cache file (NamedTemporaryFile makes it 0o600)
-            with handle:
-                np.savez(handle, features=features.astype(np.float32))
-            os.replace(temporary, path)
-        except OSError as error:
-            logger.warning("audio feature cache: cannot write %s: %s", path, error)
-        finally:
-            temporary.unlink(missing_ok=True)
+        write_cache_npz(self._cache_path(key), what="audio feature", features=features.astype(np.float32))
 
 
 def _describe(path: Path, start: float, end: float | None) -> str:

@@ -18,12 +18,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from redifu.features.info import ExtractorInfo, redifu_cache_dir, write_cache_npz
 
 logger = logging.getLogger(__name__)
 
@@ -36,28 +36,13 @@ _SHARD_TEXTS = 4096  # texts per cache shard: bounds the work lost if a long run
 _FINGERPRINT_BYTES = 1 << 20
 
 
-@dataclass(frozen=True)
-class TextEncoderInfo:
-    """What produced a set of text features (stored with them for provenance).
-
-    Args:
-        name: Model name or path as given.
-        version: Model identity: package version or hub revision, plus a fingerprint of the
-            model files.
-        dimension: Embedding size ``D``.
-        settings: Options that change the embeddings (maximum sequence length, normalisation).
-    """
-
-    name: str
-    version: str
-    dimension: int
-    settings: dict = field(default_factory=dict)
+TextEncoderInfo = ExtractorInfo
+"""What produced a set of text features (see :class:`~redifu.features.info.ExtractorInfo`)."""
 
 
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/redifu/text-features`` (``~/.cache/redifu/text-features`` by default)."""
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "redifu" / "text-features"
+    return redifu_cache_dir("text-features")
 
 
 class TextEncoder:
@@ -314,20 +299,10 @@ class TextEncoder:
 
     def _write_shard(self, keys: list[bytes], embeddings: np.ndarray) -> None:
         directory = self._model_cache_dir
-        directory.mkdir(parents=True, exist_ok=True)
         name = hashlib.sha256(b"".join(keys)).hexdigest()[:32]
         path = directory / f"{name}.npz"
-        handle = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{name}.", suffix=".tmp", delete=False)
-        temporary = Path(handle.name)
-        try:
-            os.chmod(temporary, 0o644)  # like any cache file (NamedTemporaryFile makes it 0o600)
-            with handle:
-                np.savez(handle, keys=np.array(keys, dtype="S64"), embeddings=embeddings.astype(np.float32))
-            os.replace(temporary, path)
-        except OSError as error:
-            logger.warning("text feature cache: cannot write %s: %s", path, error)
-        finally:
-            temporary.unlink(missing_ok=True)
+        write_cache_npz(path, what="text feature", keys=np.array(keys, dtype="S64"),
+                        embeddings=embeddings.astype(np.float32))
         index = self._load_index()
         for row, key in enumerate(keys):
             index.setdefault(key, (path, row))
