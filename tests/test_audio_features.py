@@ -210,3 +210,102 @@ def test_predict_extracts_audio_with_the_recorded_extractor(speech, tmp_path, ca
     err = capsys.readouterr().err
     assert "audio_path" in err and "does not record" in err and err.count("\n") == 1
     assert not (tmp_path / "bare.jsonl").exists()
+
+
+# -- containers (MELD's .mp4 clips) through PyAV ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clip(speech, tmp_path_factory) -> Path:
+    """``speech`` as AAC stereo in an .mp4 with a video track, like MELD's clips."""
+    from audio_fixtures import encode_mp4
+
+    return encode_mp4(speech, tmp_path_factory.mktemp("clip") / "dia0_utt0.mp4")
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+@needs_espeak
+def test_mp4_decodes_to_the_same_speech(speech, clip, extractor, tmp_path):
+    from redifu.features.audio import _read_audio
+
+    signal, rate = _read_audio(clip, 0.0, None)
+    assert signal.shape[0] == 2 and rate == 22050  # (C, S): the AAC track's channels and rate
+    wav, _ = _read_audio(speech, 0.0, None)
+    n = wav.shape[1]
+    assert n <= signal.shape[1] <= n + 2048  # AAC pads at most a frame or two
+    assert _correlation(signal[0, :n], wav[0]) > 0.99  # aligned: the left channel is the speech
+    assert _correlation(signal[1], signal[0]) > 0.99  # and the right channel half of it
+    assert np.sqrt((signal[1] ** 2).mean() / (signal[0] ** 2).mean()) == pytest.approx(0.5, abs=0.02)
+    # A segment is cut at the same samples as in the WAV.
+    part, _ = _read_audio(clip, 0.5, 1.25)
+    wav_part, _ = _read_audio(speech, 0.5, 1.25)
+    assert part.shape[1] == wav_part.shape[1] and abs(part.shape[1] - 0.75 * rate) <= 1
+    assert _correlation(part[0], wav_part[0]) > 0.99
+    # Features: the right size, and close to those of the lossless original (AAC is lossy).
+    from_mp4 = extractor.extract_file(clip)
+    assert from_mp4.shape == (1582,) and np.isfinite(from_mp4).all()
+    assert _correlation(from_mp4, extractor.extract_file(speech)) > 0.97
+    other = AudioFeatureExtractor("IS10_paraling", cache_dir=tmp_path / "again")
+    np.testing.assert_array_equal(other.extract_file(clip), from_mp4)  # deterministic decode
+
+
+@needs_espeak
+def test_mp4_errors_are_one_line(speech, extractor, tmp_path):
+    from audio_fixtures import encode_mp4
+
+    silent = encode_mp4(speech, tmp_path / "video-only.mp4", audio=False)
+    assert "no audio stream" in _one_line_error(lambda: extractor.extract_file(silent), str(silent), "video")
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 10)
+    assert "cannot read" in _one_line_error(lambda: extractor.extract_file(broken), str(broken))
+    clip = encode_mp4(speech, tmp_path / "ok.m4a", video=False, stereo=False)
+    assert "empty segment" in _one_line_error(lambda: extractor.extract_file(clip, 30, 31), str(clip))
+    assert extractor.extractions == 0
+
+
+@needs_espeak
+def test_features_extract_declares_the_extractor_and_predict_checks_it(speech, clip, tmp_path, capsys):
+    """`features extract` names its extractor per row; `predict` refuses features of another kind."""
+    import torch
+
+    from redifu.checkpoint import save_checkpoint
+    from redifu.model import ReDiFu, ReDiFuConfig
+
+    rows = [{"dialogue_id": "d", "utterance": i, "speaker": "AB"[i], "text": "hi", "audio": str(path)}
+            for i, path in enumerate((clip, speech))]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "feats.csv"
+    assert main(["features", "extract", str(source), "--output", str(out), "--audio-set", "eGeMAPSv02",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    capsys.readouterr()
+    import csv
+
+    with out.open(newline="") as stream:
+        written = list(csv.DictReader(stream))
+    assert [r["audio_extractor"] for r in written] == ["eGeMAPSv02", "eGeMAPSv02"]
+
+    torch.manual_seed(0)
+    model = ReDiFu(ReDiFuConfig(modality_dims={"text": 384, "audio": 88}, num_classes=2, num_speakers=2,
+                                hidden_size=8, num_heads=2))
+    same = {"name": "eGeMAPSv02", "version": "v", "dimension": 88, "settings": {}}
+    other = {"name": "my-88-d-audio-net", "version": "v", "dimension": 88, "settings": {}}
+    for name, recorded, code in (("same", same, 0), ("other", other, 2)):
+        checkpoint = save_checkpoint(tmp_path / name, model, ("a", "b"),
+                                     {"modalities": ["text", "audio"], "extractors": {"audio": recorded}})
+        # Precomputed text vectors: the test needs no text encoder.
+        text_rows = tmp_path / f"{name}.jsonl"
+        text_rows.write_text("".join(json.dumps({**{k: v for k, v in r.items() if k != "text"},
+                                                 "text": [0.0] * 384, "audio_npy": str(out.parent / r["audio_npy"])})
+                                     + "\n" for r in written))
+        assert main(["predict", "--checkpoint", str(checkpoint), str(text_rows), "--output",
+                     str(tmp_path / f"{name}-out.jsonl"), "--no-progress"]) == code
+        err = capsys.readouterr().err
+        if code:
+            assert err.count("\n") == 1 and f"{name}.jsonl:1: dialogue 'd': field 'audio_extractor'" in err
+            assert "features from 'eGeMAPSv02', but the model was trained on audio features from " \
+                   "'my-88-d-audio-net'" in err
+            assert not (tmp_path / f"{name}-out.jsonl").exists()

@@ -80,8 +80,18 @@ def test_convert_and_info_on_a_feature_pickle(tmp_path, capsys):
     assert rows(from_pickle) == rows(from_dir) and len(rows(from_dir)) == 2
     manifest = json.loads((tmp_path / "converted" / "manifest.json").read_text())
     assert len(manifest["provenance"]["sha256"]) == 64 and manifest["provenance"]["layout"] == "auto"
+    assert manifest["provenance"]["detected_layout"] == "sdt-iemocap"
+    # The layout's documented audio/visual extractors, marked as reported and not verified.
+    reported = manifest["provenance"]["extractors"]
+    assert set(reported) == {"audio", "visual"} and "text" not in reported
+    assert reported["audio"]["verified"] is False and reported["audio"]["dimension"] == 1582
+    assert "IS10" in reported["audio"]["name"] and "sdt-iemocap" in reported["audio"]["reported_by"]
+    assert "audio extractor: openSMILE IS10 paralinguistic functionals (1582-d, as reported by the authors of " \
+           "the sdt-iemocap feature file" in from_dir and "not verified" in from_dir
     code = main(["train", "--output", str(tmp_path / "run"), f"data.path={tmp_path / 'converted'}", *FAST_TRAIN])
     assert code == 0
+    run = json.loads((tmp_path / "run" / "checkpoint" / "run.json").read_text())
+    assert run["extractors"] == reported  # so `predict` knows not to take redifu's openSMILE for theirs
 
 
 def test_train_reads_a_pickle_through_the_same_reader(tmp_path):

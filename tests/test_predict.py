@@ -308,3 +308,83 @@ def test_without_output_prints_one_line_per_utterance(tmp_path, multimodal, caps
     for line, p in zip(lines[1:], expected):
         fields = line.split()
         assert fields[0] == p.dialogue_id and int(fields[1]) == p.index and fields[3] == p.label
+
+
+def test_declared_extractor_must_match_the_recorded_one(tmp_path, capsys):
+    """Features of another kind but the same size are refused when the input names their extractor."""
+    run = {"modalities": ["text", "audio"],
+           "extractors": {"audio": {"name": "IS10_paraling", "version": "v", "dimension": 4, "settings": {}}}}
+    checkpoint = save_tiny(tmp_path / "ckpt", {"text": 16, "audio": 4}, run)
+    rows = make_rows()
+    for row in rows:
+        row["audio_extractor"] = "IS10_paraling"
+    predictor = Predictor.from_pretrained(checkpoint)
+    assert len(list(predictor.read(write_jsonl(tmp_path / "ok.jsonl", rows)))) == 3
+    rows[4]["audio_extractor"] = "eGeMAPSv02"
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    with pytest.raises(DataError, match=r"in\.jsonl:5: dialogue 'd1': field 'audio_extractor': features from "
+                                         r"'eGeMAPSv02', but the model was trained on audio features from "
+                                         r"'IS10_paraling'$"):
+        list(predictor.read(source))
+    code = main(["predict", "--checkpoint", str(checkpoint), str(source), "--output", str(tmp_path / "out.jsonl")])
+    assert code == 2 and not (tmp_path / "out.jsonl").exists()
+    assert capsys.readouterr().err.count("\n") == 1
+    # The API checks the same declaration.
+    utterance = {"speaker": "Ann", "text": [0.0] * 16, "audio": [0.0] * 4, "audio_extractor": "eGeMAPSv02"}
+    with pytest.raises(DataError, match=r"utterance 0: field 'audio_extractor': features from 'eGeMAPSv02'"):
+        predictor.predict({"dialogue_id": "x", "utterances": [utterance]})
+    # A declaration without the vector it describes is a malformed row.
+    del rows[4]["audio"]
+    rows[4]["audio_npy"] = None
+    with pytest.raises(DataError, match=r"in2\.jsonl:5: .*field 'audio_extractor': names the extractor of a 'audio'"):
+        list(predictor.read(write_jsonl(tmp_path / "in2.jsonl", [{k: v for k, v in r.items() if v is not None}
+                                                                  for r in rows])))
+
+
+def test_reported_extractor_is_not_taken_for_ours_unless_allowed(tmp_path, capsys):
+    """A model trained on converted feature files records their audio extractor as reported by the
+    files' authors; redifu's own IS10 extraction is refused for it unless explicitly allowed."""
+    from redifu.data.feature_files import reported_extractors
+
+    reported = reported_extractors("sdt-iemocap", {"text": 1024, "audio": 1582, "visual": 342})
+    assert reported["audio"]["verified"] is False and reported["audio"]["settings"] == {"feature_set": "IS10_paraling"}
+    assert "sdt-iemocap" in reported["audio"]["reported_by"] and reported["visual"]["dimension"] == 342
+    assert reported_extractors("sdt-iemocap", {"text": 1024, "audio": 100}).keys() == set()  # not the published size
+    run = {"modalities": ["text", "audio"], "extractors": {"audio": reported["audio"]}}
+    checkpoint = save_tiny(tmp_path / "ckpt", {"text": 16, "audio": 1582}, run)
+    rows = [{"dialogue_id": "d", "utterance": 0, "speaker": "A", "text": [0.0] * 16, "audio_path": "nowhere.wav"}]
+    source = write_jsonl(tmp_path / "raw.jsonl", rows)
+    output = tmp_path / "out.jsonl"
+    assert main(["predict", "--checkpoint", str(checkpoint), str(source), "--output", str(output)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and not output.exists()
+    assert "raw.jsonl:1: dialogue 'd': field 'audio_path': redifu's openSMILE features from 'IS10_paraling'" in error
+    assert "only reported by the authors of the sdt-iemocap feature file" in error
+    assert "--allow-unverified-extractor" in error
+
+    declared = [{**rows[0], "audio_path": None, "audio": [0.0] * 1582, "audio_extractor": "IS10_paraling"}]
+    declared = [{k: v for k, v in r.items() if v is not None} for r in declared]
+    with pytest.raises(DataError, match="not verified"):
+        list(Predictor.from_pretrained(checkpoint).read(write_jsonl(tmp_path / "declared.jsonl", declared)))
+    allowed = Predictor.from_pretrained(checkpoint, allow_unverified=True)
+    assert len(list(allowed.read(tmp_path / "declared.jsonl"))) == 1
+    # The reported extractor's own name: the same features the file's authors made.
+    same = [{**declared[0], "audio_extractor": reported["audio"]["name"]}]
+    assert len(list(Predictor.from_pretrained(checkpoint).read(write_jsonl(tmp_path / "same.jsonl", same)))) == 1
+
+    pytest.importorskip("opensmile", reason="needs the audio extra")
+    with pytest.raises(DataError, match=r"field 'audio_path': .*nowhere\.wav: audio file not found"):
+        list(allowed.read(source))  # allowed: it gets as far as reading the (missing) file
+
+
+def test_reported_extractor_without_a_redifu_equivalent(tmp_path):
+    from redifu.data.feature_files import reported_extractors
+
+    reported = reported_extractors("sdt-meld", {"text": 1024, "audio": 300, "visual": 342})
+    checkpoint = save_tiny(tmp_path / "ckpt", {"text": 16, "audio": 300},
+                           {"modalities": ["text", "audio"], "extractors": {"audio": reported["audio"]}})
+    rows = [{"dialogue_id": "d", "utterance": 0, "speaker": "A", "text": [0.0] * 16, "audio_path": "x.wav"}]
+    with pytest.raises(DataError, match=r"trained on audio features from 'openSMILE functionals reduced to 300-d "
+                                         r"by the file authors' \(as reported by .*not verified\), which "
+                                         r"redifu cannot compute"):
+        list(Predictor.from_pretrained(checkpoint, allow_unverified=True).read(write_jsonl(tmp_path / "in.jsonl", rows)))

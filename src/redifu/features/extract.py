@@ -1,13 +1,16 @@
 """``redifu features extract``: precompute per-utterance features for ``redifu predict``.
 
 Input: JSON Lines or CSV, one utterance per row with ``dialogue_id``, ``utterance``,
-``speaker``, ``text`` and, for audio, ``audio`` = path of a WAV/FLAC file (relative paths are
-resolved against the input file's folder): either one file per utterance, or one file per
-dialogue with ``start``/``end`` (seconds or MELD's ``HH:MM:SS,mmm``) selecting the utterance.
+``speaker``, ``text`` and, for audio, ``audio`` = path of an audio file (WAV/FLAC, or any
+container FFmpeg reads, such as MELD's ``.mp4`` clips, through PyAV; relative paths are resolved
+against the input file's folder): either one file per utterance, or one file per dialogue with
+``start``/``end`` (seconds or MELD's ``HH:MM:SS,mmm``) selecting the utterance.
 
 Output: the same rows, in the format of OUT's suffix, with a ``<modality>_npy`` column per
 extracted modality pointing (relative to OUT's folder) at ``OUT_features/<dialogue>_<utt>_<modality>.npy``
-(one ``float32`` vector each), so that ``redifu predict OUT`` reads them directly. The ``audio``
+(one ``float32`` vector each), and a ``<modality>_extractor`` column naming the extractor
+(``IS10_paraling``, ``eGeMAPSv02``, the text model), which ``redifu predict`` compares with the
+checkpoint's recorded extractor, so that ``redifu predict OUT`` reads them directly. The ``audio``
 column is renamed ``audio_path`` (``predict`` reads ``audio`` as an inline vector). Every file is
 written to a temporary file and renamed; OUT is written last, so a failed run leaves no OUT.
 """
@@ -205,6 +208,7 @@ def extract_features(
             target = folder / f"{name}_{modality}.npy"
             _atomic_save_npy(target, vectors[modality][position])
             row[f"{modality}_npy"] = os.path.relpath(target, output.parent).replace(os.sep, "/")
+            row[f"{modality}_extractor"] = extractors[modality]["name"]
         written.append(row)
     _write_rows(output, written)
     dimensions = {m: int(vectors[m][0].shape[0]) for m in modalities}

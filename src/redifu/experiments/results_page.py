@@ -1,0 +1,386 @@
+"""The results page: tables, paired bootstrap intervals, plots and a plain summary from a grid's cells.
+
+Everything on the page is computed from the cells' ``cell.json`` and ``predictions.npz``; nothing
+is typed in by hand. Cells not finished yet show as ``n/a`` and are counted in the header.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from redifu.experiments.corruption import KINDS, LEVEL_NAMES, Corruption
+from redifu.experiments.grid import Grid
+from redifu.experiments.runner import load_records
+from redifu.experiments.stats import Difference, paired_difference
+
+METRICS = (("test", "weighted_f1"), ("test", "accuracy"), ("test", "macro_f1"), ("dev", "weighted_f1"))
+
+
+class Results:
+    """Finished cells of a grid, with lookups by (dataset, variant, training corruption)."""
+
+    def __init__(self, grid: Grid, output: Path) -> None:
+        self.grid = grid
+        self.cells, self.records = load_records(grid, output)
+        self.by_group: dict[tuple, list[dict]] = defaultdict(list)
+        for cell in self.cells:
+            record = self.records.get(cell.key)
+            if record is not None:
+                self.by_group[(cell.dataset, cell.variant, cell.train_corruption)].append(record)
+
+    def runs(self, dataset: str, variant: str, train: Corruption | None = None) -> list[dict]:
+        return self.by_group.get((dataset, variant, train), [])
+
+    def values(self, dataset: str, variant: str, split: str = "test", key: str = "weighted_f1",
+               train: Corruption | None = None, evaluation: str = "clean") -> np.ndarray:
+        runs = self.runs(dataset, variant, train)
+        if evaluation == "clean":
+            return np.array([r[split][key] for r in runs])
+        return np.array([r["evaluations"][evaluation][key] for r in runs if evaluation in r["evaluations"]])
+
+    def difference(self, dataset: str, variant: str, other: str, *, train: Corruption | None = None,
+                   other_train: Corruption | None = None, evaluation: str = "clean") -> Difference | None:
+        """Paired bootstrap CI of wF1(variant) - wF1(other) over the seeds both have finished."""
+        mine = {r["seed"]: r for r in self.runs(dataset, variant, train)}
+        theirs = {r["seed"]: r for r in self.runs(dataset, other, other_train)}
+        seeds = sorted(set(mine) & set(theirs))
+        seeds = [s for s in seeds if evaluation in mine[s]["predictions"] and evaluation in theirs[s]["predictions"]]
+        if not seeds:
+            return None
+        labels = mine[seeds[0]]["predictions"]["labels"]
+        a = np.stack([mine[s]["predictions"][evaluation] for s in seeds])
+        b = np.stack([theirs[s]["predictions"][evaluation] for s in seeds])
+        return paired_difference(labels, a, b, len(mine[seeds[0]]["classes"]))
+
+
+def _mean_std(values: np.ndarray) -> str:
+    if values.size == 0:
+        return "n/a"
+    spread = values.std(ddof=1) if values.size > 1 else 0.0
+    return f"{values.mean():.2f} ± {spread:.2f}"
+
+
+def _ablation_tables(results: Results) -> list[str]:
+    grid = results.grid
+    lines = []
+    for datasets, variants in grid.ablation:
+        for dataset in datasets:
+            lines += [f"\n### {grid.datasets[dataset].label}\n",
+                      "| variant | test weighted F1 | test accuracy | test macro F1 | dev weighted F1 "
+                      f"| Δ test wF1 vs {grid.baseline} [95% CI] |",
+                      "|---|---|---|---|---|---|"]
+            for variant in (grid.baseline, *variants):
+                cells = [_mean_std(results.values(dataset, variant, split, key)) for split, key in METRICS]
+                delta = "—" if variant == grid.baseline else _diff_text(
+                    results.difference(dataset, variant, grid.baseline))
+                lines.append(f"| {variant} | {' | '.join(cells)} | {delta} |")
+    return lines
+
+
+def _diff_text(difference: Difference | None) -> str:
+    if difference is None:
+        return "n/a"
+    mark = {"better": " ▲", "worse": " ▼"}.get(difference.verdict, "")
+    return f"{difference}{mark}"
+
+
+def _level_label(corruption: Corruption) -> str:
+    return f"{corruption.level:g} dB" if corruption.kind == "gaussian" else f"{100 * corruption.level:g}%"
+
+
+def _robustness_tables(results: Results, part: str) -> list[str]:
+    grid = results.grid
+    section = grid.robustness
+    dataset = section["dataset"]
+    levels = grid.robustness_levels(part)
+    variants = section["variants"] if part == "test_time" else section["train_and_test"]["variants"]
+    lines = []
+    for kind in KINDS:
+        kind_levels = [c for c in levels if c.kind == kind]
+        if not kind_levels:
+            continue
+        lines += [f"\n**{kind}** ({LEVEL_NAMES[kind]}), test weighted F1, mean ± std over seeds:\n",
+                  "| variant | clean | " + " | ".join(_level_label(c) for c in kind_levels) + " |",
+                  "|---|" + "---|" * (len(kind_levels) + 1)]
+        for variant in variants:
+            row = [_mean_std(results.values(dataset, variant))]
+            for corruption in kind_levels:
+                if part == "test_time":
+                    row.append(_mean_std(results.values(dataset, variant, evaluation=corruption.name)))
+                else:
+                    row.append(_mean_std(results.values(dataset, variant, train=corruption)))
+            lines.append(f"| {variant} | {' | '.join(row)} |")
+        strongest = kind_levels[-1]
+        for variant in variants:
+            if variant == grid.baseline:
+                continue
+            if part == "test_time":
+                difference = results.difference(dataset, grid.baseline, variant, evaluation=strongest.name)
+            else:
+                difference = results.difference(dataset, grid.baseline, variant, train=strongest,
+                                                 other_train=strongest)
+            lines.append(f"\n{grid.baseline} − {variant} at {_level_label(strongest)}: {_diff_text(difference)}")
+    return lines
+
+
+def _speaker_tables(results: Results) -> list[str]:
+    grid = results.grid
+    lines = []
+    for datasets, variants in grid.speaker_graph:
+        for dataset in datasets:
+            lines += [f"\n### {grid.datasets[dataset].label}\n",
+                      f"| variant | overrides | test weighted F1 | test macro F1 | dev weighted F1 "
+                      f"| Δ test wF1 vs {grid.baseline} [95% CI] |",
+                      "|---|---|---|---|---|---|"]
+            for variant in (grid.baseline, *variants):
+                overrides = ", ".join(grid.variants[variant]) or "(defaults)"
+                cells = [_mean_std(results.values(dataset, variant, split, key))
+                         for split, key in (("test", "weighted_f1"), ("test", "macro_f1"), ("dev", "weighted_f1"))]
+                delta = "—" if variant == grid.baseline else _diff_text(
+                    results.difference(dataset, variant, grid.baseline))
+                lines.append(f"| {variant} | `{overrides}` | {' | '.join(cells)} | {delta} |")
+    return lines
+
+
+def _claim(results: Results, title: str, comparisons: Sequence[tuple[str, str, str, dict]]) -> list[str]:
+    """One claim: each comparison is (dataset, a, b, extra kwargs) read as 'a minus b'."""
+    lines = [f"\n**{title}**\n"]
+    tally = defaultdict(int)
+    for dataset, a, b, extra in comparisons:
+        difference = results.difference(dataset, a, b, **extra)
+        if difference is None:
+            continue
+        tally[difference.verdict] += 1
+        where = results.grid.datasets[dataset].label
+        condition = extra.get("evaluation", "clean")
+        if "train" in extra:
+            condition = f"trained and tested with {extra['train'].name}"
+        elif condition != "clean":
+            condition = f"test features corrupted, {condition}"
+        lines.append(f"- {a} − {b}, {where} ({condition}): {difference} → {difference.verdict}")
+    if tally:
+        lines.append(f"- Tally: {tally['better']} better, {tally['worse']} worse, "
+                     f"{tally['no clear difference']} without a clear difference (95% CI).")
+    return lines
+
+
+def _strongest(levels: Sequence[Corruption]) -> list[Corruption]:
+    """The last (strongest) level listed for each kind."""
+    return list({c.kind: c for c in levels}.values())
+
+
+def _summary(results: Results) -> list[str]:
+    grid = results.grid
+    base = grid.baseline
+    ablated = [d for datasets, _ in grid.ablation for d in datasets]
+    has = lambda dataset, variant: bool(results.runs(dataset, variant))  # noqa: E731
+    lines = ["Each line is a paired bootstrap 95% interval of the test weighted-F1 difference "
+             "(first minus second); ▲/▼ and 'better'/'worse' mean the interval excludes zero."]
+    denoiser = [(d, base, "denoiser off", {}) for d in ablated if has(d, "denoiser off")]
+    robust = grid.robustness.get("dataset")
+    if robust:
+        for corruption in _strongest(grid.robustness_levels("test_time")):
+            denoiser.append((robust, base, "denoiser off", {"evaluation": corruption.name}))
+        for corruption in _strongest(grid.robustness_levels("train_and_test")):
+            denoiser.append((robust, base, "denoiser off", {"train": corruption, "other_train": corruption}))
+    lines += _claim(results, "Claim 1: the differential denoiser makes noisy audio and video useful "
+                    "(full model vs denoiser off)", denoiser)
+    graph = [(d, base, "graph off", {}) for d in ablated if has(d, "graph off")]
+    graph += [(d, base, v, {}) for datasets, variants in grid.speaker_graph for d in datasets
+              for v in variants if v == "speaker-blind"]
+    lines += _claim(results, "Claim 2: relation subgraphs capture speaker dependencies "
+                    "(full model vs graph off, and vs speaker-blind edges)", graph)
+    fusion = [(d, base, "fusion symmetric", {}) for d in ablated if has(d, "fusion symmetric")]
+    fusion += [(d, base, "fusion concat", {}) for d in ablated if has(d, "fusion concat")]
+    lines += _claim(results, "Claim 3: text-guided diffusion fusion beats symmetric fusion "
+                    "(and plain concatenation)", fusion)
+    recipe = [(d, base, v, {}) for datasets, variants in grid.ablation for d in datasets
+              for v in variants if v.startswith("authors' recipe") and has(d, v)]
+    lines += _claim(results, "Our reading vs the authors' recipe (same data, same size, dev selection)", recipe)
+    modal = [(d, base, "text only", {}) for d in ablated if has(d, "text only")]
+    lines += _claim(results, "Audio and video on top of text (full model vs text only)", modal)
+    return lines
+
+
+def _plot_robustness(results: Results, part: str, path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = results.grid
+    section = grid.robustness
+    dataset = section["dataset"]
+    levels = grid.robustness_levels(part)
+    variants = section["variants"] if part == "test_time" else section["train_and_test"]["variants"]
+    kinds = [k for k in KINDS if any(c.kind == k for c in levels)]
+    if not kinds:
+        return False
+    figure, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.8), squeeze=False)
+    for axis, kind in zip(axes[0], kinds):
+        kind_levels = [c for c in levels if c.kind == kind]
+        labels = ["clean", *(_level_label(c) for c in kind_levels)]
+        for variant in variants:
+            series = [results.values(dataset, variant)]
+            for corruption in kind_levels:
+                series.append(results.values(dataset, variant, evaluation=corruption.name) if part == "test_time"
+                              else results.values(dataset, variant, train=corruption))
+            means = np.array([s.mean() if s.size else np.nan for s in series])
+            stds = np.array([s.std(ddof=1) if s.size > 1 else 0.0 for s in series])
+            x = np.arange(len(series))
+            axis.plot(x, means, marker="o", label=variant)
+            axis.fill_between(x, means - stds, means + stds, alpha=0.15)
+        axis.set_xticks(np.arange(len(labels)), labels)
+        axis.set_title(f"{kind}: {LEVEL_NAMES[kind]}", fontsize=9)
+        axis.set_ylabel("test weighted F1")
+        axis.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    when = "test time only" if part == "test_time" else "train and test time"
+    figure.suptitle(f"{grid.datasets[dataset].label}: audio and video corrupted at {when} "
+                    "(mean ± std over seeds)", fontsize=10)
+    figure.tight_layout()
+    _save(figure, path)
+    plt.close(figure)
+    return True
+
+
+def _plot_speaker(results: Results, path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = results.grid
+    datasets = [d for datasets, _ in grid.speaker_graph for d in datasets]
+    if not datasets:
+        return False
+    figure, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.6), squeeze=False)
+    for axis, dataset in zip(axes[0], datasets):
+        variants = [grid.baseline, *(v for ds, vs in grid.speaker_graph if dataset in ds for v in vs)]
+        groups: dict[bool, list[tuple[int, np.ndarray]]] = defaultdict(list)
+        for variant in variants:
+            config = results.runs(dataset, variant)
+            if not config:
+                continue
+            model = config[0]["config"]["model"]
+            groups[bool(model.get("speaker_aware", True))].append(
+                (int(model.get("window", 10)), results.values(dataset, variant)))
+        for aware, points in groups.items():
+            points.sort(key=lambda p: p[0])
+            windows = [p[0] for p in points]
+            means = np.array([p[1].mean() for p in points])
+            stds = np.array([p[1].std(ddof=1) if p[1].size > 1 else 0.0 for p in points])
+            axis.errorbar(windows, means, yerr=stds, marker="o", capsize=3,
+                          label="speaker-aware edges" if aware else "speaker-blind edges")
+        windows_used = sorted({w for points in groups.values() for w, _ in points})
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(windows_used, [str(w) for w in windows_used])
+        axis.set_xlabel("graph window (utterances each side)")
+        axis.set_ylabel("test weighted F1")
+        axis.set_title(grid.datasets[dataset].label, fontsize=9)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    _save(figure, path)
+    plt.close(figure)
+    return True
+
+
+def _save(figure: Any, path: Path) -> None:
+    temporary = path.with_name(path.stem + ".tmp.png")
+    figure.savefig(temporary, dpi=110)
+    temporary.replace(path)
+
+
+def _provenance(results: Results) -> list[str]:
+    lines = ["| dataset | data fingerprint (SHA-256, first 16) | commits | cells | compute (sum of cell wall time) |",
+             "|---|---|---|---|---|"]
+    per_dataset: dict[str, list[dict]] = defaultdict(list)
+    for cell in results.cells:
+        if cell.key in results.records:
+            per_dataset[cell.dataset].append(results.records[cell.key])
+    for dataset, records in per_dataset.items():
+        prints = sorted({(r["data_fingerprint"] or "?")[:16] for r in records if not r["train_corruption"]})
+        commits = sorted({(r["commit"] or "unknown")[:10] for r in records})
+        seconds = sum(r["wall_seconds"] for r in records if r.get("trained_now", True))
+        lines.append(f"| {dataset} | {', '.join(prints)} | {', '.join(commits)} | {len(records)} | "
+                     f"{seconds / 60:.0f} min |")
+    return lines
+
+
+def write_results(grid: Grid, output: Path, directory: Path, *, command: str, machine: str) -> list[Path]:
+    """Write ``directory/RESULTS.md`` and its plots from the finished cells under ``output``."""
+    results = Results(grid, output)
+    directory.mkdir(parents=True, exist_ok=True)
+    finished, total = len(results.records), len(results.cells)
+    written = []
+    plots = {}
+    if grid.robustness:
+        for part, name in (("test_time", "robustness_test-time.png"), ("train_and_test", "robustness_train-and-test.png")):
+            if _plot_robustness(results, part, directory / name):
+                plots[part] = name
+                written.append(directory / name)
+    if grid.speaker_graph and _plot_speaker(results, directory / "speaker_graph.png"):
+        plots["speaker"] = "speaker_graph.png"
+        written.append(directory / "speaker_graph.png")
+    seconds = sum(r["wall_seconds"] for r in results.records.values())
+    lines = [
+        "# Results",
+        "",
+        f"Generated by `{command} --write {directory}` from {finished} of {total} cells of "
+        f"`{grid.source}` ({machine}; {seconds / 3600:.1f} h of cell wall time, cells run "
+        "in parallel). Do not edit by hand: rerun the command.",
+        "",
+        "Protocol: every cell is one training run with its own seed (seeds "
+        f"{', '.join(map(str, grid.seeds))}), its checkpoint selected on the dev split's weighted F1 "
+        "and the test split read once at that checkpoint. Tables give mean ± standard deviation "
+        "over seeds. Δ columns are paired bootstrap 95% confidence intervals (percentile, 2,000 "
+        "resamples of test utterances, `scipy.stats.bootstrap` with `paired=True`) of the "
+        "seed-averaged weighted-F1 difference against the default model; ▲/▼ mark intervals that "
+        "exclude zero. The interval covers the test set's sampling noise for these trained models, "
+        "not the spread between seeds (given beside it).",
+        "",
+        "## Summary",
+        *_summary(results),
+        "",
+        "## 1. Ablations",
+        *_ablation_tables(results),
+    ]
+    if grid.robustness:
+        dataset = grid.datasets[grid.robustness["dataset"]].label
+        lines += ["", "## 2. Robustness to corrupted audio and video", "",
+                  f"On the {dataset}. Corruptions (`redifu/experiments/corruption.py`) use the clean "
+                  "training split's per-dimension mean and standard deviation: Gaussian noise at a "
+                  "signal-to-noise ratio; a share of utterances whose vector is replaced by a loud "
+                  "noise burst (mean + 3 std × N(0,1)); a share of utterances with the modality "
+                  "missing (set to the training mean). The same corrupted test utterances are used "
+                  "for every variant and seed.", "", "### Test-time corruption (models trained on clean data)"]
+        if "test_time" in plots:
+            lines += ["", f"![test-time robustness]({plots['test_time']})"]
+        lines += _robustness_tables(results, "test_time")
+        lines += ["", "### Corruption at training and test time (one model per strength)"]
+        if "train_and_test" in plots:
+            lines += ["", f"![train and test robustness]({plots['train_and_test']})"]
+        lines += _robustness_tables(results, "train_and_test")
+    if grid.speaker_graph:
+        lines += ["", "## 3. Speaker graph: window and relation types", ""]
+        if "speaker" in plots:
+            lines += [f"![speaker graph]({plots['speaker']})", ""]
+        lines += ["Speaker-blind edges join the same utterances but with one relation for "
+                  "'any speaker' instead of same-speaker and other-speaker relations."]
+        lines += _speaker_tables(results)
+    lines += ["", "## Provenance", "",
+              "Each cell's directory (`<output>/<dataset>/<variant>/[train-<corruption>/]seed-<n>/`) "
+              "holds its resolved config, `cell.json` (overrides, seed, commit, data fingerprint, "
+              "metrics) and `predictions.npz` (per-utterance test predictions).", "",
+              *_provenance(results), ""]
+    page = directory / "RESULTS.md"
+    temporary = page.with_suffix(".md.tmp")
+    temporary.write_text(re.sub(r"\n{3,}", "\n\n", "\n".join(lines)))
+    temporary.replace(page)
+    return [page, *written]
