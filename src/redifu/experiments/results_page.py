@@ -151,11 +151,13 @@ def _claim(results: Results, title: str, comparisons: Sequence[tuple[str, str, s
     """One claim: each comparison is (dataset, a, b, extra kwargs) read as 'a minus b'."""
     lines = [f"\n**{title}**\n"]
     tally = defaultdict(int)
+    found = []
     for dataset, a, b, extra in comparisons:
         difference = results.difference(dataset, a, b, **extra)
         if difference is None:
             continue
         tally[difference.verdict] += 1
+        found.append(difference)
         where = results.grid.datasets[dataset].label
         condition = extra.get("evaluation", "clean")
         if "train" in extra:
@@ -163,9 +165,12 @@ def _claim(results: Results, title: str, comparisons: Sequence[tuple[str, str, s
         elif condition != "clean":
             condition = f"test features corrupted, {condition}"
         lines.append(f"- {a} − {b}, {where} ({condition}): {difference} → {difference.verdict}")
-    if tally:
-        lines.append(f"- Tally: {tally['better']} better, {tally['worse']} worse, "
-                     f"{tally['no clear difference']} without a clear difference (95% CI).")
+    if found:
+        best = max(found, key=lambda d: d.mean)
+        worst = min(found, key=lambda d: d.mean)
+        lines.insert(1, f"In short: held (interval above zero) in {tally['better']} of {len(found)} comparisons, "
+                        f"reversed in {tally['worse']}, unresolved in {tally['no clear difference']}; "
+                        f"differences range from {worst.mean:+.2f} to {best.mean:+.2f} weighted F1.\n")
     return lines
 
 
