@@ -1,90 +1,154 @@
-"""Training speed of one configuration: parameters, seconds per epoch, utterances per second.
+"""Training speed and memory of one configuration: seconds and peak memory per epoch, data share.
 
-Times whole training epochs (forward, loss, backward, AdamW step, gradient clipping) over the
-training split in the same batches the trainer uses, without Lightning's logging, plus one
-pass over dev in eval mode without autograd. Prints the machine, the settings and the median
-over repetitions.
+Times whole training epochs (forward, loss, backward, gradient clipping, AdamW step with the
+trainer's parameter groups and class weights) over the training split in the batches the
+trainer uses, without Lightning's logging, then one pass over dev in eval mode without autograd.
+Per epoch it records the time, the time spent waiting for batches (the data share), the RSS
+high-water mark of that epoch and the heap in use at its end, so growth from epoch to epoch
+shows. Prints the machine, the settings and the median over epochs.
 
-    python benchmarks/train_speed.py --config configs/iemocap.yaml --epochs 2
+    python benchmarks/train_speed.py --config configs/iemocap.yaml --epochs 3
+    python benchmarks/train_speed.py --config configs/meld.yaml --epochs 2 training.precision=bf16-mixed
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import resource
-import statistics
+import contextlib
+import json
 import sys
 import time
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 from torch.utils.data import DataLoader
 
-from redifu.config import load_config
-from redifu.data.batching import DialogueDataset, collate_dialogues, feature_statistics
-from redifu.data.loading import load_corpus
-from redifu.model import ReDiFu
-from redifu.training.evaluation import predict_split
-from redifu.training.loss import redifu_loss
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_common as bc  # noqa: E402
+
+from redifu.data.batching import DialogueDataset, collate_dialogues  # noqa: E402
+from redifu.training.evaluation import predict_split  # noqa: E402
+from redifu.training.loss import inverse_frequency_weights, redifu_loss  # noqa: E402
+from redifu.training.system import autocast_context, parameter_groups  # noqa: E402
 
 
-def main() -> int:
+def measure_training(
+    config_path: str | None,
+    overrides: Sequence[str] = (),
+    *,
+    epochs: int = 2,
+    device: str = "auto",
+    train_dialogues: int | None = None,
+) -> dict[str, Any]:
+    """Train ``epochs`` epochs and evaluate dev once; return timings and memory per epoch."""
+    torch_device = bc.pick_device(device)
+    setup = bc.build(config_path, overrides, device=torch_device)
+    training = setup.config.training
+    model = setup.model.set_activation_checkpointing(training.activation_checkpointing)
+    if training.compile:
+        model = torch.compile(model)
+    train = setup.corpus.splits["train"][:train_dialogues]
+    class_weights = inverse_frequency_weights(train, setup.model_config.num_classes).to(torch_device) \
+        if training.class_weights else None
+    optimizer = torch.optim.AdamW(parameter_groups(setup.model, training.weight_decay), lr=training.lr)
+    dataset = DialogueDataset(train, setup.model_config.modalities)
+    loader = DataLoader(dataset, batch_size=training.batch_size, shuffle=True, collate_fn=collate_dialogues,
+                        generator=torch.Generator().manual_seed(0))
+    utterances = sum(len(d.labels) for d in train)
+    precision = autocast_context(training.precision, torch_device)
+    epochs_out = []
+    bc.reset_peak_rss()
+    for _ in range(epochs):
+        model.train()
+        if torch_device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(torch_device)
+        bc.synchronize(torch_device)
+        started, waiting = time.perf_counter(), 0.0
+        fetch = time.perf_counter()
+        for batch in loader:
+            batch = batch.to(torch_device)
+            waiting += time.perf_counter() - fetch
+            with precision:
+                output = model(batch.features, batch.speakers, batch.mask)
+                loss, _ = redifu_loss(output, batch.labels, aux_weight=training.aux_loss_weight,
+                                      class_weights=class_weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if training.grad_clip:
+                torch.nn.utils.clip_grad_norm_(setup.model.parameters(), training.grad_clip)
+            optimizer.step()
+            fetch = time.perf_counter()
+        bc.synchronize(torch_device)
+        seconds = time.perf_counter() - started
+        epochs_out.append({
+            "seconds": seconds, "data_seconds": waiting, "peak_rss_mb": bc.peak_rss_mb(),
+            "rss_end_mb": bc.rss_mb(), "malloc_in_use_mb": bc.malloc_in_use_mb(),
+            "cuda_peak_mb": bc.cuda_peak_mb(torch_device),
+        })
+        bc.reset_peak_rss()
+    dev = setup.corpus.splits["dev"]
+    eval_seconds = bc.timed(lambda: predict_split(setup.model, dev, batch_size=training.eval_batch_size,
+                                                  device=torch_device), torch_device)
+    epoch = bc.median([e["seconds"] for e in epochs_out])
+    return {
+        "config": config_path or "defaults",
+        "overrides": list(overrides),
+        "machine": bc.machine(),
+        "settings": bc.settings_line(setup),
+        "parameters": setup.model.num_parameters(),
+        "train_dialogues": len(train),
+        "train_utterances": utterances,
+        "epochs": epochs_out,
+        "epoch_seconds": epoch,
+        "train_utt_per_s": utterances / epoch,
+        "data_share": bc.median([e["data_seconds"] / e["seconds"] for e in epochs_out]),
+        "eval_utt_per_s": sum(len(d.labels) for d in dev) / eval_seconds,
+        "peak_rss_mb": max(e["peak_rss_mb"] or 0.0 for e in epochs_out) or None,
+        "eval_peak_rss_mb": bc.peak_rss_mb(),
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    lines = ["- " + bc.machine_line(result["machine"]),
+             f"- config: {result['config']} {' '.join(result['overrides'])}".rstrip(),
+             "- " + result["settings"],
+             f"- data: {result['train_utterances']:,} train utterances in {result['train_dialogues']} dialogues",
+             "",
+             bc.table(
+                 ["parameters", f"s / epoch (median of {len(result['epochs'])})", "train utt/s", "data share",
+                  "dev eval utt/s", "peak RSS MB"],
+                 [[result["parameters"], result["epoch_seconds"], round(result["train_utt_per_s"]),
+                   f"{100 * result['data_share']:.1f}%", round(result["eval_utt_per_s"]), result["peak_rss_mb"]]],
+             ),
+             "",
+             bc.table(
+                 ["epoch", "s", "data s", "peak RSS MB", "RSS at end MB", "malloc in use MB", "CUDA peak MB"],
+                 [[i + 1, e["seconds"], e["data_seconds"], e["peak_rss_mb"], e["rss_end_mb"], e["malloc_in_use_mb"],
+                   e["cuda_peak_mb"]] for i, e in enumerate(result["epochs"])],
+             )]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="experiment config (default: built-in defaults)")
     parser.add_argument("--epochs", type=int, default=2, help="timed training epochs (median reported)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--train-dialogues", type=int, help="use only the first N training dialogues")
+    parser.add_argument("--json", help="also write the result as JSON to this file")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = load_config(args.config, args.overrides)
-    corpus = load_corpus(config.data)
-    meta = corpus.metadata
-    model_config = config.model_config(modality_dims=meta.modality_dims, num_classes=meta.num_classes,
-                                       num_speakers=meta.num_speakers)
-    torch.manual_seed(0)
-    model = ReDiFu(model_config)
-    model.set_feature_statistics(feature_statistics(corpus.splits["train"], model_config.modalities))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.training.lr)
-    dataset = DialogueDataset(corpus.splits["train"], model_config.modalities)
-    loader = DataLoader(dataset, batch_size=config.training.batch_size, shuffle=True, collate_fn=collate_dialogues)
-    utterances = corpus.num_utterances("train")
-    epoch_seconds, data_seconds = [], []
-    for _ in range(args.epochs):
-        model.train()
-        started, waiting = time.perf_counter(), 0.0
-        fetch = time.perf_counter()
-        for batch in loader:
-            waiting += time.perf_counter() - fetch
-            output = model(batch.features, batch.speakers, batch.mask)
-            loss, _ = redifu_loss(output, batch.labels, aux_weight=config.training.aux_loss_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.training.grad_clip or float("inf"))
-            optimizer.step()
-            fetch = time.perf_counter()
-        epoch_seconds.append(time.perf_counter() - started)
-        data_seconds.append(waiting)
-    started = time.perf_counter()
-    predict_split(model, corpus.splits["dev"], batch_size=config.training.eval_batch_size)
-    eval_seconds = time.perf_counter() - started
-    epoch = statistics.median(epoch_seconds)
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"machine: {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"config: {args.config or 'defaults'} {' '.join(args.overrides)}")
-    print(f"model: hidden {model_config.hidden_size}, heads {model_config.num_heads}, window {model_config.window}, "
-          f"denoiser {model_config.denoiser}, graph {model_config.graph}, fusion {model_config.fusion}; "
-          f"batch {config.training.batch_size} dialogues")
-    print(f"data: {meta.name}, {utterances} train utterances in {len(dataset)} dialogues")
-    print("| parameters | s / epoch (median of %d) | train utt/s | data share | dev eval utt/s | peak RSS MB |"
-          % args.epochs)
-    print("|---|---|---|---|---|---|")
-    print(f"| {model.num_parameters():,} | {epoch:.1f} | {utterances / epoch:.0f} | "
-          f"{100 * statistics.median(data_seconds) / epoch:.1f}% | "
-          f"{corpus.num_utterances('dev') / eval_seconds:.0f} | {peak_rss_mb:.0f} |")
+    result = measure_training(args.config, args.overrides, epochs=args.epochs, device=args.device,
+                              train_dialogues=args.train_dialogues)
+    print(report(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

@@ -106,7 +106,13 @@ class TrainingConfig:
         accelerator: ``auto`` (CUDA when present, else CPU), ``cpu``, ``gpu``.
         devices: Devices (processes) to train on; more than one uses DDP.
         strategy: Lightning strategy (``auto``, ``ddp``, ...).
-        precision: Lightning precision (``32-true``, ``bf16-mixed``, ...).
+        precision: Lightning precision (``32-true``, ``bf16-mixed``, ...); ``bf16`` is short for
+            ``bf16-mixed`` (bfloat16 autocast, on the CPU and on CUDA).
+        compile: Train through ``torch.compile`` of the model (same parameters and results
+            within float tolerance; the first steps pay the compilation).
+        activation_checkpointing: Recompute the denoiser, graph and fusion layers' activations
+            in backward instead of keeping them: less memory, about one more forward pass per
+            step, same results (dropout masks included).
         num_workers: DataLoader worker processes.
         threads: torch intra-op threads on the CPU (``None``: torch's default).
         logger: ``csv``, ``tensorboard`` or ``none``.
@@ -130,6 +136,8 @@ class TrainingConfig:
     devices: int = 1
     strategy: str = "auto"
     precision: str = "32-true"
+    compile: bool = False
+    activation_checkpointing: bool = False
     num_workers: int = 0
     threads: int | None = None
     logger: str = "csv"

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from redifu.data.dialogue import MODALITIES
 from redifu.nn.differential_attention import DifferentialDenoiser
@@ -318,6 +319,15 @@ class ReDiFu(nn.Module):
             encoder.feature_mean.copy_(torch.as_tensor(mean, dtype=encoder.feature_mean.dtype))
             encoder.feature_std.copy_(torch.as_tensor(std, dtype=encoder.feature_std.dtype).clamp_min(1e-6))
 
+    def set_activation_checkpointing(self, enabled: bool = True) -> "ReDiFu":
+        """Recompute each denoiser, graph and fusion layer's activations in backward instead of
+        keeping them (less memory, one more forward pass per step; same results, dropout masks
+        included). A training-time choice, not part of the config."""
+        for module in self.modules():
+            if hasattr(module, "activation_checkpointing"):
+                module.activation_checkpointing = enabled
+        return self
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -337,35 +347,41 @@ class ReDiFu(nn.Module):
         keep = mask.unsqueeze(-1).to(features["text"].dtype)  # (B, N, 1)
         attention: dict[str, Tensor] = {}
 
+        # record_function labels name each stage in torch.profiler traces (benchmarks/profile_components.py).
         streams: dict[str, Tensor] = {}
-        for m in config.modalities:
-            h = self.encoders[m](features[m])  # (B, N, D)
-            if self.speaker_embedding is not None:
-                h = h + self.speaker_embedding(speakers.clamp(0, config.num_speakers - 1))
-            if self.position is not None:
-                h = self.position(h)
-            streams[m] = self.input_dropout(h) * keep
+        with record_function("redifu.encoders"):
+            for m in config.modalities:
+                h = self.encoders[m](features[m])  # (B, N, D)
+                if self.speaker_embedding is not None:
+                    h = h + self.speaker_embedding(speakers.clamp(0, config.num_speakers - 1))
+                if self.position is not None:
+                    h = self.position(h)
+                streams[m] = self.input_dropout(h) * keep
 
-        for m, denoiser in self.denoisers.items():
-            streams[m], maps = denoiser(streams[m], mask, return_attention=return_attention)
-            if maps is not None:
-                attention.update({f"denoiser.{m}.layer{i}": a for i, a in enumerate(maps)})
+        with record_function("redifu.denoiser"):
+            for m, denoiser in self.denoisers.items():
+                streams[m], maps = denoiser(streams[m], mask, return_attention=return_attention)
+                if maps is not None:
+                    attention.update({f"denoiser.{m}.layer{i}": a for i, a in enumerate(maps)})
 
         graph_attention = None
         if self.graph is not None:
             names = config.graph_modality_names
-            graphed, graph_attention = self.graph(
-                [streams[m] for m in names], speakers, mask, return_attention=return_attention
-            )
+            with record_function("redifu.graph"):
+                graphed, graph_attention = self.graph(
+                    [streams[m] for m in names], speakers, mask, return_attention=return_attention
+                )
             streams.update(zip(names, graphed))
 
-        fused = self.fusion(streams, mask, return_attention=return_attention)
+        with record_function("redifu.fusion"):
+            fused = self.fusion(streams, mask, return_attention=return_attention)
         attention.update({f"fusion.{k}": v for k, v in fused.attention.items()})
-        modality_logits = {m: self.modality_classifiers[m](fused.streams[m]) for m in config.modalities}
-        if config.logit_weights is not None:
-            logits = sum(w * modality_logits[m] for m, w in config.logit_weights.items())
-        else:
-            logits = self.classifier(fused.fused)
+        with record_function("redifu.classifiers"):
+            modality_logits = {m: self.modality_classifiers[m](fused.streams[m]) for m in config.modalities}
+            if config.logit_weights is not None:
+                logits = sum(w * modality_logits[m] for m, w in config.logit_weights.items())
+            else:
+                logits = self.classifier(fused.fused)
         return ReDiFuOutput(
             logits=logits,
             modality_logits=modality_logits,

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from redifu.nn.memory_efficient_attention import masked_attention
 from redifu.nn.positional import RotaryEmbedding, apply_rotary
 
 
@@ -80,7 +81,7 @@ class MultiHeadAttention(nn.Module):
             weights = scores.masked_fill(~bias, float("-inf")).softmax(-1)
             out = F.dropout(weights, dropout, self.training) @ v
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+            out = masked_attention(q, k, v, key_mask, dropout_p=dropout)  # (B, H, N, d)
         out = out.transpose(1, 2).reshape(b, n, self.dim)  # (B, N, D)
         return self.out_proj(out), weights
 

@@ -13,8 +13,9 @@ carries remains. Two variants are provided:
   last, and it masks padding in both maps.
 
 Both compute the product of each map with the values through
-:func:`torch.nn.functional.scaled_dot_product_attention`, so no ``(B, H, N, N)`` tensor is
-materialised unless the attention maps are requested.
+:func:`redifu.nn.memory_efficient_attention.masked_attention` (PyTorch's fused kernel, or a
+chunked one with attention dropout on the CPU), so no ``(B, H, N, N)`` tensor is kept unless
+the attention maps are requested.
 
 :class:`DifferentialTransformerLayer` wraps either attention in a pre-norm Transformer block
 with a SwiGLU feed-forward network, and :class:`DifferentialDenoiser` stacks such layers.
@@ -28,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from redifu.nn.checkpointing import run_layer
+from redifu.nn.memory_efficient_attention import masked_attention
 from redifu.nn.positional import RotaryEmbedding, apply_rotary
 
 VARIANTS: tuple[str, ...] = ("dual", "temporal")
@@ -79,11 +82,9 @@ def _guard_empty_keys(key_mask: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, *, dropout_p: float, scale: float) -> Tensor:
-    """Masked, non-causal ``softmax(q k^T * scale) v`` without materialising the map."""
-    attn_mask = key_mask[:, None, None, :]  # (B, 1, 1, N), True = may be attended to
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=False, scale=scale
-    )
+    """Masked, non-causal ``softmax(q k^T * scale) v`` without materialising the map (also with
+    attention dropout in training, see :mod:`redifu.nn.memory_efficient_attention`)."""
+    return masked_attention(q, k, v, key_mask, dropout_p=dropout_p, scale=scale)
 
 
 class DifferentialAttention(nn.Module):
@@ -518,6 +519,7 @@ class DifferentialDenoiser(nn.Module):
             for index in range(num_layers)
         )
         self.norm = nn.LayerNorm(dim)
+        self.activation_checkpointing = False  # see redifu.nn.checkpointing
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -530,7 +532,7 @@ class DifferentialDenoiser(nn.Module):
     ) -> tuple[Tensor, list[Tensor] | None]:
         maps: list[Tensor] = []
         for layer in self.layers:
-            x, attention = layer(x, mask, return_attention=return_attention)
+            x, attention = run_layer(self, layer, x, mask, return_attention=return_attention)
             if attention is not None:
                 maps.append(attention)
         x = self.norm(x) * mask[..., None].to(x.dtype)  # (B, N, D), zero at padding

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from redifu.nn.attention import FeedForward, MultiHeadAttention, TransformerBlock
+from redifu.nn.checkpointing import run_layer
 
 FUSIONS = ("concat", "symmetric", "text_guided")
 
@@ -126,6 +127,7 @@ class SymmetricFusion(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
         self.concat = ConcatFusion(dim=dim, modalities=modalities, dropout=dropout)
+        self.activation_checkpointing = False  # see redifu.nn.checkpointing
 
     def reset_parameters(self) -> None:
         for module in self.modules():
@@ -137,7 +139,7 @@ class SymmetricFusion(nn.Module):
         maps: dict[str, Tensor] = {}
         for layer, (blocks, cross, norms) in enumerate(zip(self.self_blocks, self.cross, self.cross_norms)):
             for m in self.modalities:
-                streams[m], weights = blocks[m](streams[m], mask, return_attention=return_attention)
+                streams[m], weights = run_layer(self, blocks[m], streams[m], mask, return_attention=return_attention)
                 if weights is not None:
                     maps[f"layer{layer}.{m}_self"] = weights
             normed = {m: norms[m](streams[m]) for m in self.modalities}
@@ -293,6 +295,7 @@ class TextGuidedFusion(nn.Module):
             for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(dim)
+        self.activation_checkpointing = False  # see redifu.nn.checkpointing
 
     def reset_parameters(self) -> None:
         for layer in self.layers:
@@ -302,7 +305,7 @@ class TextGuidedFusion(nn.Module):
     def forward(self, streams: dict[str, Tensor], mask: Tensor, *, return_attention: bool = False) -> FusionOutput:
         maps: dict[str, Tensor] = {}
         for index, layer in enumerate(self.layers):
-            streams, layer_maps = layer(streams, mask, return_attention=return_attention)
+            streams, layer_maps = run_layer(self, layer, streams, mask, return_attention=return_attention)
             maps.update({f"layer{index}.{name}": value for name, value in layer_maps.items()})
         return FusionOutput(fused=self.norm(streams["text"]), streams=streams, attention=maps)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from redifu.nn.checkpointing import run_layer
 from redifu.nn.relational_attention import RelationalGraphAttention
 
 __all__ = [
@@ -323,6 +324,7 @@ class RelationGraph(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(num_layers))
         self.activation = nn.GELU()
         self.dropout = nn.Dropout(dropout)
+        self.activation_checkpointing = False  # see redifu.nn.checkpointing
 
     def reset_parameters(self) -> None:
         """Re-initialises every graph attention layer and layer norm."""
@@ -356,9 +358,13 @@ class RelationGraph(nn.Module):
         )
         x = torch.cat([stream[mask] for stream in streams], dim=0)  # (M*T, dim) packed nodes
         maps: list[Tensor] = []
-        for conv, norm in zip(self.convs, self.norms):
+
+        def block(x: Tensor, conv: nn.Module, norm: nn.Module) -> tuple[Tensor, Tensor | None]:
             h, attention = conv(x, graph.edge_index, graph.edge_type, return_attention=return_attention)
-            x = norm(x + self.dropout(self.activation(h)))
+            return norm(x + self.dropout(self.activation(h))), attention
+
+        for conv, norm in zip(self.convs, self.norms):
+            x, attention = run_layer(self, block, x, conv, norm)
             if attention is not None:
                 maps.append(attention.detach())
 

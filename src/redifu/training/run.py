@@ -40,7 +40,7 @@ from redifu.training.evaluation import evaluate_split
 from redifu.training.loss import inverse_frequency_weights
 from redifu.training.metrics import format_report
 from redifu.training.report import plot_confusion_matrix, plot_curves
-from redifu.training.system import DEV_METRIC, DialogueDataModule, ReDiFuSystem
+from redifu.training.system import DEV_METRIC, DialogueDataModule, ReDiFuSystem, lightning_precision
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def train(
         accelerator=accelerator,
         devices=training.devices,
         strategy=strategy,
-        precision=training.precision,
+        precision=lightning_precision(training.precision),
         max_epochs=training.max_epochs,
         gradient_clip_val=training.grad_clip or None,
         deterministic=deterministic,

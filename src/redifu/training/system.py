@@ -7,6 +7,7 @@ Lightning.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from typing import Any, Sequence
@@ -32,6 +33,32 @@ def seed_for_step(seed: int, step: int, rank: int = 0) -> None:
     random.seed(derived)
     np.random.seed(derived)
     torch.manual_seed(derived)
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices, none on vectors (biases, norms, lambdas)."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        (no_decay if parameter.ndim < 2 or "norm" in name else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lightning_precision(precision: str) -> str:
+    """Lightning's name for ``training.precision`` (``bf16`` is short for ``bf16-mixed``)."""
+    return {"bf16": "bf16-mixed", "32": "32-true", "fp32": "32-true"}.get(precision, precision)
+
+
+def autocast_context(precision: str, device: torch.device | str):
+    """The autocast context that ``training.precision`` means outside Lightning (benchmarks, tests)."""
+    precision = lightning_precision(precision)
+    device_type = torch.device(device).type
+    if precision == "bf16-mixed":
+        return torch.autocast(device_type, dtype=torch.bfloat16)
+    if precision == "16-mixed":
+        return torch.autocast(device_type, dtype=torch.float16)
+    if precision in ("32-true", "64-true"):
+        return contextlib.nullcontext()
+    raise ValueError(f"training.precision: no autocast equivalent for {precision!r}")
 
 
 class EpochShuffle(Sampler[int]):
@@ -117,12 +144,16 @@ class ReDiFuSystem(L.LightningModule):
         self.save_hyperparameters()
         self.model = ReDiFu(ReDiFuConfig.from_dict(model_config))
         self.training_config = TrainingConfig(**training)
+        self.model.set_activation_checkpointing(self.training_config.activation_checkpointing)
         self.steps_per_epoch = max(1, steps_per_epoch)
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.register_buffer("class_weights", weights, persistent=False)
         num_classes = self.model.config.num_classes
         self.dev_f1 = MulticlassF1Score(num_classes, average="weighted", ignore_index=IGNORE_LABEL)
         self.dev_accuracy = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_LABEL)
+        # training.compile: a compiled view of the same module (same parameters). Kept out of the
+        # module tree so that state dicts and checkpoints hold the plain model only.
+        self.__dict__["compiled_model"] = torch.compile(self.model) if self.training_config.compile else None
 
     def on_train_batch_start(self, batch: DialogueBatch, batch_idx: int) -> None:
         # Each step's randomness (dropout) is a function of (seed, step, rank) alone, so a resumed
@@ -130,13 +161,16 @@ class ReDiFuSystem(L.LightningModule):
         seed_for_step(self.training_config.seed, self.global_step, self.global_rank)
 
     def forward(self, batch: DialogueBatch):
-        return self.model(batch.features, batch.speakers, batch.mask)
+        model = self.compiled_model or self.model
+        with torch.profiler.record_function("redifu.model"):
+            return model(batch.features, batch.speakers, batch.mask)
 
     def _loss(self, batch: DialogueBatch):
         output = self(batch)
-        loss, parts = redifu_loss(
-            output, batch.labels, aux_weight=self.training_config.aux_loss_weight, class_weights=self.class_weights
-        )
+        with torch.profiler.record_function("redifu.loss"):
+            loss, parts = redifu_loss(
+                output, batch.labels, aux_weight=self.training_config.aux_loss_weight, class_weights=self.class_weights
+            )
         return output, loss, parts
 
     def training_step(self, batch: DialogueBatch, batch_idx: int) -> torch.Tensor:
@@ -164,13 +198,7 @@ class ReDiFuSystem(L.LightningModule):
 
     def configure_optimizers(self):
         config = self.training_config
-        decay, no_decay = [], []
-        for name, parameter in self.model.named_parameters():
-            (no_decay if parameter.ndim < 2 or "norm" in name else decay).append(parameter)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=config.lr,
-        )
+        optimizer = torch.optim.AdamW(parameter_groups(self.model, config.weight_decay), lr=config.lr)
         if config.scheduler == "none":
             return optimizer
         total = max(1, config.max_epochs * self.steps_per_epoch)

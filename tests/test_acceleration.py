@@ -1,0 +1,177 @@
+"""Performance paths give the plain path's results: chunked attention with dropout, bf16
+autocast, torch.compile (``training.precision`` and ``training.compile``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import redifu.nn.memory_efficient_attention as mea
+from conftest import TINY_DIMS, TINY_SYNTHETIC, make_tiny_config
+from redifu.config import load_config
+from redifu.model import ReDiFu
+from redifu.training.loss import redifu_loss
+from redifu.training.system import ReDiFuSystem, autocast_context, lightning_precision
+
+needs_exact_chunks = pytest.mark.skipif(
+    not mea.chunked_dropout_is_exact(), reason="this build's CPU Bernoulli kernel reseeds per call"
+)
+
+
+def _qkv(b, h, n, m, d, e, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(b, h, n, d, generator=g), torch.randn(b, h, m, d, generator=g),
+               torch.randn(b, h, m, e, generator=g))
+    mask = torch.ones(b, m, dtype=torch.bool)
+    mask[0, m - max(1, m // 3):] = False  # padding in the first row
+    return [t.requires_grad_() for t in (q, k, v)], mask
+
+
+@needs_exact_chunks
+@pytest.mark.parametrize("shape,budget", [
+    ((3, 4, 7, 7, 8, 8), 50),  # several heads per chunk
+    ((2, 3, 20, 9, 4, 6), 30),  # several chunks of query rows inside one head
+    ((2, 2, 5, 5, 4, 4), 1 << 22),  # one chunk
+    ((1, 1, 1, 1, 2, 2), 1),  # degenerate
+])
+def test_chunked_dropout_attention_equals_pytorch_math_path(shape, budget):
+    (q, k, v), mask = _qkv(*shape)
+    grad = torch.randn(*shape[:3], shape[5], generator=torch.Generator().manual_seed(9))
+    torch.manual_seed(5)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], dropout_p=0.4, scale=0.3)
+    state_after = torch.get_rng_state()
+    expected_grads = torch.autograd.grad(expected, (q, k, v), grad)
+    torch.manual_seed(5)
+    out = mea.masked_attention(q, k, v, mask, dropout_p=0.4, scale=0.3, budget=budget)
+    assert torch.equal(torch.get_rng_state(), state_after)  # same draws, nothing more
+    grads = torch.autograd.grad(out, (q, k, v), grad)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_masked_attention_without_dropout_is_pytorch_kernel():
+    (q, k, v), mask = _qkv(2, 3, 6, 6, 4, 4)
+    out = mea.masked_attention(q, k, v, mask)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :]))
+
+
+def _train_step(model, batch, *, seed=3):
+    torch.manual_seed(seed)
+    output = model(batch.features, batch.speakers, batch.mask)
+    loss, _ = redifu_loss(output, batch.labels, aux_weight=0.3)
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return output.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@needs_exact_chunks
+@pytest.mark.parametrize("denoiser,fusion", [("dual", "text_guided"), ("temporal", "symmetric")])
+def test_training_step_equals_plain_attention_path(tiny_batch, monkeypatch, denoiser, fusion):
+    """Same seed, same dropout masks: logits and every gradient match PyTorch's math path."""
+    torch.manual_seed(0)
+    model = ReDiFu(make_tiny_config(dropout=0.5, denoiser=denoiser, fusion=fusion)).train()
+    logits, grads = _train_step(model, tiny_batch)
+    monkeypatch.setattr(mea, "chunked_dropout_is_exact", lambda: False)  # PyTorch's own path
+    plain_logits, plain_grads = _train_step(model, tiny_batch)
+    torch.testing.assert_close(logits, plain_logits, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == plain_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], plain_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("name,expected", [("bf16", "bf16-mixed"), ("32", "32-true"), ("bf16-mixed", "bf16-mixed"),
+                                           ("32-true", "32-true")])
+def test_precision_names(name, expected):
+    assert lightning_precision(name) == expected
+
+
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
+def test_bf16_autocast_matches_fp32_within_bf16_tolerance(tiny_batch):
+    torch.manual_seed(0)
+    model = ReDiFu(make_tiny_config()).eval()
+    with torch.no_grad():
+        reference = model(tiny_batch.features, tiny_batch.speakers, tiny_batch.mask).logits.softmax(-1)
+        with autocast_context("bf16", "cpu"):
+            low = model(tiny_batch.features, tiny_batch.speakers, tiny_batch.mask).logits.float().softmax(-1)
+    real = tiny_batch.mask
+    torch.testing.assert_close(low[real], reference[real], atol=3e-2, rtol=0)
+    assert (low[real].argmax(-1) == reference[real].argmax(-1)).float().mean() > 0.9
+    model.train()
+    with autocast_context("bf16", "cpu"):
+        output = model(tiny_batch.features, tiny_batch.speakers, tiny_batch.mask)
+        loss, _ = redifu_loss(output, tiny_batch.labels, aux_weight=0.3)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_unknown_precision_has_no_autocast():
+    with pytest.raises(ValueError, match="training.precision"):
+        autocast_context("8-bit", "cpu")
+
+
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
+def test_bf16_training_run(tmp_path):
+    from redifu.training.run import train
+
+    tiny = [f"data.synthetic.{k}={json.dumps(v)}" for k, v in TINY_SYNTHETIC.items()]
+    config = load_config(None, tiny + ["model.hidden_size=16", "model.num_heads=2", "model.fusion_layers=1",
+                                       "model.graph_layers=1", "training.max_epochs=1", "training.batch_size=6",
+                                       "training.progress_bar=false", "training.threads=1", "training.logger=none",
+                                       "training.precision=bf16"])
+    metrics = train(config, tmp_path / "run")
+    assert 0.0 <= metrics["test"]["weighted_f1"] <= 100.0
+
+
+def test_compile_flag_keeps_the_plain_model_in_the_module_tree(tiny_config):
+    config = load_config(None, ["training.compile=true"])
+    system = ReDiFuSystem(model_config=tiny_config.to_dict(), training=config.to_dict()["training"])
+    assert system.compiled_model is not None
+    assert all(not key.startswith("compiled_model") for key in system.state_dict())
+    plain = ReDiFuSystem(model_config=tiny_config.to_dict(), training=load_config().to_dict()["training"])
+    assert plain.compiled_model is None
+
+
+@pytest.mark.slow
+def test_compiled_training_step_equals_eager(tiny_batch):
+    """torch.compile (inductor) gives the eager logits and gradients within float tolerance."""
+    torch.manual_seed(0)
+    model = ReDiFu(make_tiny_config(dropout=0.0)).train()
+    logits, grads = _train_step(model, tiny_batch)
+    compiled_logits, compiled_grads = _train_step(torch.compile(model), tiny_batch)
+    torch.testing.assert_close(compiled_logits, logits, rtol=1e-4, atol=1e-4)
+    for name, grad in grads.items():
+        key = name if name in compiled_grads else f"_orig_mod.{name}"
+        torch.testing.assert_close(compiled_grads[key], grad, rtol=1e-3, atol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("denoiser,fusion", [("dual", "text_guided"), ("temporal", "symmetric")])
+def test_activation_checkpointing_gives_the_same_training_step(tiny_batch, denoiser, fusion):
+    """Recomputed layers draw the same dropout masks: same logits and gradients."""
+    torch.manual_seed(0)
+    model = ReDiFu(make_tiny_config(dropout=0.5, denoiser=denoiser, fusion=fusion)).train()
+    logits, grads = _train_step(model, tiny_batch)
+    model.set_activation_checkpointing(True)
+    assert model.graph.activation_checkpointing and model.fusion.activation_checkpointing
+    checkpointed_logits, checkpointed_grads = _train_step(model, tiny_batch)
+    torch.testing.assert_close(checkpointed_logits, logits, rtol=1e-6, atol=1e-6)
+    assert grads.keys() == checkpointed_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(checkpointed_grads[name], grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_activation_checkpointing_flag_reaches_the_model(tiny_config):
+    config = load_config(None, ["training.activation_checkpointing=true"])
+    system = ReDiFuSystem(model_config=tiny_config.to_dict(), training=config.to_dict()["training"])
+    assert all(module.activation_checkpointing for module in system.model.modules()
+               if hasattr(module, "activation_checkpointing"))
+
+
+def test_wide_values_without_dropout_equal_the_math_path():
+    (q, k, v), mask = _qkv(2, 3, 6, 6, 4, 8)
+    out = mea.masked_attention(q, k, v, mask, scale=0.4)
+    scores = (q @ k.transpose(-1, -2) * 0.4).masked_fill(~mask[:, None, None, :], float("-inf"))
+    torch.testing.assert_close(out, scores.softmax(-1) @ v, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,60 @@
+"""The benchmark suite's quick mode runs end to end and writes its report (no timing assertions)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_common  # noqa: E402
+import suite  # noqa: E402
+
+
+def test_quick_suite_writes_every_section(tmp_path, monkeypatch):
+    assert torch.get_num_threads() == 1  # conftest's autouse fixture
+    monkeypatch.chdir(ROOT)
+    results = suite.run_all(quick=True, device="cpu")
+    text = suite.render(results, command="python benchmarks/suite.py --quick")
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text(text)
+    for heading in ("## Goals", "### MELD settings", "### IEMOCAP settings", "## One dialogue of N utterances",
+                    "## Inference latency and batch prediction", "## Where the time goes"):
+        assert heading in text
+    assert "Quick mode" in text
+    # every goal row carries a verdict, and each measurement is a real number
+    goal_rows = [line for line in text.split("## Goals")[1].split("##")[0].splitlines() if line.startswith("| ")]
+    assert len(goal_rows) >= 8 and all(("met" in row or "n/a" in row) for row in goal_rows[2:])
+    assert results["train_iemocap"]["train_utt_per_s"] > 0
+    assert results["train_iemocap_lean"]["train_utt_per_s"] > 0
+    assert len(results["train_iemocap"]["epochs"]) == 2
+    assert [r["length"] for r in results["scaling"]["rows"]] == [8, 16, 32]
+    assert results["latency"]["no_grad"]["median_ms"] > 0
+    assert results["batch"]["utterances"] == 20
+    profile = results["profile"]
+    for label in ("redifu.encoders", "redifu.denoiser", "redifu.graph", "redifu.fusion", "redifu.loss",
+                  "redifu.data"):
+        assert label in profile["labels"]
+    assert {"fusion", "graph", "denoiser"} <= set(profile["backward"])
+
+
+def test_first_utterances_cuts_to_the_count():
+    import latency
+    from redifu.data.synthetic import make_synthetic_corpus
+
+    dialogues = make_synthetic_corpus("meld", seed=0, train_dialogues=1, dev_dialogues=1,
+                                      test_dialogues=20).splits["test"]
+    chosen = latency.first_utterances(dialogues, 50)
+    assert sum(len(d) for d in chosen) == 50
+    assert all(len(d.labels) == len(d) and all(len(x) == len(d) for x in d.features.values()) for d in chosen)
+
+
+def test_memory_probes_read_this_process():
+    assert bench_common.rss_mb() > 0
+    bench_common.reset_peak_rss()
+    assert bench_common.peak_rss_mb() >= bench_common.rss_mb() * 0.5
+    assert bench_common.table(["a", "b"], [[1, 2.5]]).splitlines()[2] == "| 1 | 2.50 |"
