@@ -143,6 +143,8 @@ def test_grid_plans_each_cell_once(tmp_path):
     assert [c.name for c in full[0].test_corruptions] == ["gaussian=0", "gaussian=-10", "drop=1"]
     assert cells[-1].train_corruption is not None  # corrupted training runs come last
     assert "missing" not in grid.quick().datasets and grid.quick().seeds == (1,)
+    grid.ablation.append((("tiny", "missing"), ("graph off",)))
+    assert grid.quick().ablation[-1] == (("tiny",), ("graph off",))  # the page never meets a dropped dataset
 
 
 @pytest.mark.parametrize("text, message", [

@@ -80,10 +80,15 @@ class Grid:
         """One seed, tiny synthetic presets, two epochs of a tiny model: checks the pipeline only."""
         datasets = {name: spec for name, spec in self.datasets.items()
                     if spec.path is None or Path(spec.path).exists()}
+
+        def kept(blocks: list) -> list:
+            return [(tuple(d for d in ds if d in datasets), vs) for ds, vs in blocks if any(d in datasets for d in ds)]
+
+        robustness = self.robustness if self.robustness.get("dataset") in datasets else {}
         return Grid(
             datasets=datasets, variants=self.variants, seeds=self.seeds[:1], baseline=self.baseline,
-            overrides=(*self.overrides, *QUICK_TRAINING), ablation=self.ablation,
-            speaker_graph=self.speaker_graph, robustness=self.robustness,
+            overrides=(*self.overrides, *QUICK_TRAINING), ablation=kept(self.ablation),
+            speaker_graph=kept(self.speaker_graph), robustness=robustness,
             corruption_seed=self.corruption_seed, source=self.source + " (quick)",
         )
 
