@@ -12,12 +12,15 @@ Memory figures:
 
 from __future__ import annotations
 
+import argparse
 import ctypes
+import json
 import os
 import platform
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -173,3 +176,19 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every benchmark script shares: threads, device, a JSON copy, config overrides."""
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--json", help="also write the result as JSON to this file")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides")
+
+
+def finish(args: argparse.Namespace, result: Any, text: str) -> int:
+    """Print a script's report and, with ``--json``, write its result."""
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -131,20 +130,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--utterances", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--batch-utterances", type=int, default=2610)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--json", help="also write the result as JSON to this file")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides for both")
+    bc.add_run_arguments(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     latency = measure_latency(args.config, args.overrides, utterances=args.utterances, repeats=args.repeats,
                               device=args.device)
     batch = measure_batch_prediction(args.batch_config, args.overrides, utterances=args.batch_utterances,
                                      device=args.device)
-    print(report(latency, batch))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"latency": latency, "batch": batch}, indent=2))
-    return 0
+    return bc.finish(args, {"latency": latency, "batch": batch}, report(latency, batch))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import sys
 import time
 from pathlib import Path
@@ -185,17 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/iemocap.yaml")
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    parser.add_argument("--json", help="also write the result as JSON to this file")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides")
+    bc.add_run_arguments(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     result = measure_profile(args.config, args.overrides, steps=args.steps, device=args.device)
-    print(report(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    return 0
+    return bc.finish(args, result, report(result))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ linear in N and the attention maps are never stored whole, so memory grows linea
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -118,18 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
     parser.add_argument("--repeats", type=int, default=3, help="repetitions per length below 1000 (median)")
     parser.add_argument("--train-max", type=int, default=800, help="largest N run in training mode")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--json", help="also write the result as JSON to this file")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides")
+    bc.add_run_arguments(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     result = measure_scaling(args.config, args.overrides, lengths=args.lengths, repeats=args.repeats,
                              train_max=args.train_max, device=args.device)
-    print(report(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    return 0
+    return bc.finish(args, result, report(result))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -134,19 +133,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="experiment config (default: built-in defaults)")
     parser.add_argument("--epochs", type=int, default=2, help="timed training epochs (median reported)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--train-dialogues", type=int, help="use only the first N training dialogues")
-    parser.add_argument("--json", help="also write the result as JSON to this file")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides")
+    bc.add_run_arguments(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     result = measure_training(args.config, args.overrides, epochs=args.epochs, device=args.device,
                               train_dialogues=args.train_dialogues)
-    print(report(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    return 0
+    return bc.finish(args, result, report(result))
 
 
 if __name__ == "__main__":

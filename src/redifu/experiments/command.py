@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from pathlib import Path
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
         command = f"redifu experiment --grid {args.grid}" + (" --quick" if args.quick else "")
         written = write_results(grid, output, Path(args.write), command=command,
-                                machine=f"{platform.machine()}, {__import__('os').cpu_count()} cores")
+                                machine=f"{platform.machine()}, {os.cpu_count()} cores")
         print(f"wrote {', '.join(str(p) for p in written)}")
     print(f"done in {time.perf_counter() - started:.0f} s")
     return 0

@@ -13,12 +13,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from redifu.experiments.corruption import KINDS, LEVEL_NAMES, Corruption
+from redifu.experiments.corruption import LEVEL_NAMES, Corruption
 from redifu.experiments.grid import Grid
 from redifu.experiments.runner import load_records
 from redifu.experiments.stats import Difference, paired_difference
 
 METRICS = (("test", "weighted_f1"), ("test", "accuracy"), ("test", "macro_f1"), ("dev", "weighted_f1"))
+SPEAKER_METRICS = (("test", "weighted_f1"), ("test", "macro_f1"), ("dev", "weighted_f1"))
 
 
 class Results:
@@ -65,17 +66,24 @@ def _mean_std(values: np.ndarray) -> str:
     return f"{values.mean():.2f} ± {spread:.2f}"
 
 
-def _ablation_tables(results: Results) -> list[str]:
+def _variant_tables(results: Results, blocks: list, metrics: Sequence[tuple[str, str]], *,
+                    overrides: bool = False) -> list[str]:
+    """One table per dataset of ``blocks``: the baseline and each variant, mean ± std per metric,
+    and the paired bootstrap interval of the test weighted-F1 difference to the baseline."""
     grid = results.grid
+    headers = [f"{split} {key.replace('_', ' ').replace('f1', 'F1')}" for split, key in metrics]
+    if overrides:
+        headers.insert(0, "overrides")
     lines = []
-    for datasets, variants in grid.ablation:
+    for datasets, variants in blocks:
         for dataset in datasets:
             lines += [f"\n### {grid.datasets[dataset].label}\n",
-                      "| variant | test weighted F1 | test accuracy | test macro F1 | dev weighted F1 "
-                      f"| Δ test wF1 vs {grid.baseline} [95% CI] |",
-                      "|---|---|---|---|---|---|"]
+                      f"| variant | {' | '.join(headers)} | Δ test wF1 vs {grid.baseline} [95% CI] |",
+                      "|---|" + "---|" * (len(headers) + 1)]
             for variant in (grid.baseline, *variants):
-                cells = [_mean_std(results.values(dataset, variant, split, key)) for split, key in METRICS]
+                cells = [_mean_std(results.values(dataset, variant, split, key)) for split, key in metrics]
+                if overrides:
+                    cells.insert(0, f"`{', '.join(grid.variants[variant]) or '(defaults)'}`")
                 delta = "—" if variant == grid.baseline else _diff_text(
                     results.difference(dataset, variant, grid.baseline))
                 lines.append(f"| {variant} | {' | '.join(cells)} | {delta} |")
@@ -93,57 +101,49 @@ def _level_label(corruption: Corruption) -> str:
     return f"{corruption.level:g} dB" if corruption.kind == "gaussian" else f"{100 * corruption.level:g}%"
 
 
+def _robustness_part(results: Results, part: str) -> tuple[str, list[str], dict[str, list[Corruption]]]:
+    """The robustness dataset, the variants of ``part`` and its corruption levels by kind."""
+    section = results.grid.robustness
+    variants = section["variants"] if part == "test_time" else section["train_and_test"]["variants"]
+    by_kind: dict[str, list[Corruption]] = {}
+    for corruption in results.grid.robustness_levels(part):
+        by_kind.setdefault(corruption.kind, []).append(corruption)
+    return section["dataset"], variants, by_kind
+
+
+def _series(results: Results, part: str, dataset: str, variant: str, levels: Sequence[Corruption]) -> list[np.ndarray]:
+    """Test weighted F1 over seeds: clean, then at each level (test-time, or trained and tested)."""
+    if part == "test_time":
+        return [results.values(dataset, variant),
+                *(results.values(dataset, variant, evaluation=c.name) for c in levels)]
+    return [results.values(dataset, variant), *(results.values(dataset, variant, train=c) for c in levels)]
+
+
+def _robustness_difference(results: Results, part: str, dataset: str, variant: str,
+                           corruption: Corruption) -> Difference | None:
+    """Baseline minus ``variant`` at ``corruption`` (both evaluated, or both trained, on it)."""
+    base = results.grid.baseline
+    if part == "test_time":
+        return results.difference(dataset, base, variant, evaluation=corruption.name)
+    return results.difference(dataset, base, variant, train=corruption, other_train=corruption)
+
+
 def _robustness_tables(results: Results, part: str) -> list[str]:
     grid = results.grid
-    section = grid.robustness
-    dataset = section["dataset"]
-    levels = grid.robustness_levels(part)
-    variants = section["variants"] if part == "test_time" else section["train_and_test"]["variants"]
+    dataset, variants, by_kind = _robustness_part(results, part)
     lines = []
-    for kind in KINDS:
-        kind_levels = [c for c in levels if c.kind == kind]
-        if not kind_levels:
-            continue
+    for kind, kind_levels in by_kind.items():
         lines += [f"\n**{kind}** ({LEVEL_NAMES[kind]}), test weighted F1, mean ± std over seeds:\n",
                   "| variant | clean | " + " | ".join(_level_label(c) for c in kind_levels) + " |",
                   "|---|" + "---|" * (len(kind_levels) + 1)]
         for variant in variants:
-            row = [_mean_std(results.values(dataset, variant))]
-            for corruption in kind_levels:
-                if part == "test_time":
-                    row.append(_mean_std(results.values(dataset, variant, evaluation=corruption.name)))
-                else:
-                    row.append(_mean_std(results.values(dataset, variant, train=corruption)))
+            row = [_mean_std(values) for values in _series(results, part, dataset, variant, kind_levels)]
             lines.append(f"| {variant} | {' | '.join(row)} |")
         strongest = kind_levels[-1]
         for variant in variants:
-            if variant == grid.baseline:
-                continue
-            if part == "test_time":
-                difference = results.difference(dataset, grid.baseline, variant, evaluation=strongest.name)
-            else:
-                difference = results.difference(dataset, grid.baseline, variant, train=strongest,
-                                                 other_train=strongest)
-            lines.append(f"\n{grid.baseline} − {variant} at {_level_label(strongest)}: {_diff_text(difference)}")
-    return lines
-
-
-def _speaker_tables(results: Results) -> list[str]:
-    grid = results.grid
-    lines = []
-    for datasets, variants in grid.speaker_graph:
-        for dataset in datasets:
-            lines += [f"\n### {grid.datasets[dataset].label}\n",
-                      f"| variant | overrides | test weighted F1 | test macro F1 | dev weighted F1 "
-                      f"| Δ test wF1 vs {grid.baseline} [95% CI] |",
-                      "|---|---|---|---|---|---|"]
-            for variant in (grid.baseline, *variants):
-                overrides = ", ".join(grid.variants[variant]) or "(defaults)"
-                cells = [_mean_std(results.values(dataset, variant, split, key))
-                         for split, key in (("test", "weighted_f1"), ("test", "macro_f1"), ("dev", "weighted_f1"))]
-                delta = "—" if variant == grid.baseline else _diff_text(
-                    results.difference(dataset, variant, grid.baseline))
-                lines.append(f"| {variant} | `{overrides}` | {' | '.join(cells)} | {delta} |")
+            if variant != grid.baseline:
+                difference = _robustness_difference(results, part, dataset, variant, strongest)
+                lines.append(f"\n{grid.baseline} − {variant} at {_level_label(strongest)}: {_diff_text(difference)}")
     return lines
 
 
@@ -223,22 +223,14 @@ def _plot_robustness(results: Results, part: str, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     grid = results.grid
-    section = grid.robustness
-    dataset = section["dataset"]
-    levels = grid.robustness_levels(part)
-    variants = section["variants"] if part == "test_time" else section["train_and_test"]["variants"]
-    kinds = [k for k in KINDS if any(c.kind == k for c in levels)]
-    if not kinds:
+    dataset, variants, by_kind = _robustness_part(results, part)
+    if not by_kind:
         return False
-    figure, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.8), squeeze=False)
-    for axis, kind in zip(axes[0], kinds):
-        kind_levels = [c for c in levels if c.kind == kind]
+    figure, axes = plt.subplots(1, len(by_kind), figsize=(4.6 * len(by_kind), 3.8), squeeze=False)
+    for axis, (kind, kind_levels) in zip(axes[0], by_kind.items()):
         labels = ["clean", *(_level_label(c) for c in kind_levels)]
         for variant in variants:
-            series = [results.values(dataset, variant)]
-            for corruption in kind_levels:
-                series.append(results.values(dataset, variant, evaluation=corruption.name) if part == "test_time"
-                              else results.values(dataset, variant, train=corruption))
+            series = _series(results, part, dataset, variant, kind_levels)
             means = np.array([s.mean() if s.size else np.nan for s in series])
             stds = np.array([s.std(ddof=1) if s.size > 1 else 0.0 for s in series])
             x = np.arange(len(series))
@@ -358,7 +350,7 @@ def write_results(grid: Grid, output: Path, directory: Path, *, command: str, ma
         *_summary(results),
         "",
         "## 1. Ablations",
-        *_ablation_tables(results),
+        *_variant_tables(results, grid.ablation, METRICS),
     ]
     if grid.robustness:
         dataset = grid.datasets[grid.robustness["dataset"]].label
@@ -382,7 +374,7 @@ def write_results(grid: Grid, output: Path, directory: Path, *, command: str, ma
             lines += [f"![speaker graph]({plots['speaker']})", ""]
         lines += ["Speaker-blind edges join the same utterances but with one relation for "
                   "'any speaker' instead of same-speaker and other-speaker relations."]
-        lines += _speaker_tables(results)
+        lines += _variant_tables(results, grid.speaker_graph, SPEAKER_METRICS, overrides=True)
     lines += ["", "## Provenance", "",
               "Each cell's directory (`<output>/<dataset>/<variant>/[train-<corruption>/]seed-<n>/`) "
               "holds its resolved config, `cell.json` (overrides, seed, commit, data fingerprint, "

@@ -34,7 +34,6 @@ from redifu.data.loading import load_corpus
 from redifu.experiments.corruption import (
     CORRUPTED_MODALITIES,
     SPLIT_OFFSET,
-    Corruption,
     corrupt_corpus,
     corrupt_dialogues,
     feature_moments,
@@ -208,7 +207,3 @@ def load_records(grid: Grid, output: str | Path) -> tuple[list[Cell], dict[tuple
                 record["predictions"] = {k: arrays[k] for k in arrays.files}
             records[cell.key] = record
     return cells, records
-
-
-def corruption_of(name: str | None) -> Corruption | None:
-    return None if name is None else Corruption.parse(name)
