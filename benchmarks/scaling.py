@@ -78,8 +78,15 @@ def measure_scaling(
         if torch_device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(torch_device)
         # Training mode pays N^2 serial random draws: repeat it only for short dialogues.
-        times = [bc.timed(lambda: step(inputs), torch_device)
-                 for _ in range(repeats if length < (repeat_below if not train else repeat_below // 4) else 1)]
+        count = repeats if length < (repeat_below if not train else repeat_below // 4) else 1
+        try:
+            times = [bc.timed(lambda: step(inputs), torch_device) for _ in range(count)]
+        except torch.OutOfMemoryError:  # a GPU's memory (a CPU process is killed instead)
+            model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            print(f"N={length} {'train' if train else 'no dropout'}: out of GPU memory", file=sys.stderr, flush=True)
+            return {"seconds": None, "repeats": 0, "peak_rss_mb": bc.peak_rss_mb(), "out_of_memory": True,
+                    "cuda_peak_mb": bc.cuda_peak_mb(torch_device)}
         row = {"seconds": bc.median(times), "repeats": len(times), "peak_rss_mb": bc.peak_rss_mb(),
                "cuda_peak_mb": bc.cuda_peak_mb(torch_device)}
         print(f"N={length} {'train' if train else 'no dropout'}: {row['seconds']:.3f} s, "
@@ -101,6 +108,8 @@ def report(result: dict[str, Any]) -> str:
     def cells(entry: dict[str, Any] | None) -> list[Any]:
         if entry is None:
             return ["not run", "", ""]
+        if entry.get("out_of_memory"):
+            return ["out of memory", entry["peak_rss_mb"], entry["cuda_peak_mb"]]
         return [round(entry["seconds"], 3), entry["peak_rss_mb"], entry["cuda_peak_mb"]]
 
     lines = ["- " + bc.machine_line(result["machine"]),

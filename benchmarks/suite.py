@@ -15,12 +15,19 @@ authors' figures. Timing figures need an otherwise idle machine.
 
     python benchmarks/suite.py --write docs/BENCHMARKS.md        # a few minutes on 2 cores
     python benchmarks/suite.py --quick --write /tmp/BENCHMARKS.md  # smoke test: tiny sizes, seconds
+
+On a CUDA machine, ``--device cuda --json gpu.json`` measures the same stages there (bfloat16
+training in place of the glibc-tuned CPU run, training mode at every N); ``--gpu-results
+gpu.json`` then adds those figures as a column and a section of the CPU report. ``--json``
+saves the results after each stage; ``--from-json`` renders saved results without measuring.
+The committed report is rendered from ``docs/benchmarks_cpu.json`` and ``docs/benchmarks_gpu.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import sys
 import time
@@ -64,23 +71,34 @@ SUITE_LENGTHS = (25, 50, 100, 200, 400, 800, 1600, 5000)
 KEEP_MARKER = "<!-- Below this line: figures measured outside the suite, kept as they are by benchmarks/suite.py. -->"
 
 
-def run_all(*, quick: bool, device: str, max_length: int = 5000) -> dict[str, Any]:
+def run_all(*, quick: bool, device: str, max_length: int = 5000, json_path: str | None = None) -> dict[str, Any]:
+    """Run every stage; with ``json_path``, the results so far are saved after each stage (a run cut
+    short by a time limit keeps what it measured)."""
     overrides = QUICK_OVERRIDES if quick else []
+    cuda = bc.pick_device(device).type == "cuda"
     results: dict[str, Any] = {"machine": bc.machine(), "quick": quick, "load_start": os.getloadavg()[0]}
     started = time.perf_counter()
 
     def stage(name: str, fn, *args, **kwargs):
         print(f"[suite] {name} ...", file=sys.stderr, flush=True)
         t = time.perf_counter()
-        results[name] = fn(*args, **kwargs)
+        # Quick mode is a smoke test of the pipeline: no timing to protect, so no process start-ups.
+        results[name] = fn(*args, **kwargs) if quick else in_fresh_process(fn, *args, **kwargs)
         print(f"[suite] {name} done in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+        if json_path:
+            save_json(json_path, results)
 
-    stage("train_meld", train_speed.measure_training, MELD, overrides, epochs=2 if quick else 2, device=device)
-    stage("train_iemocap", train_speed.measure_training, IEMOCAP, overrides, epochs=2, device=device)
-    stage("train_iemocap_lean", lean_training, overrides, epochs=1 if quick else 2, device=device)
+    stage("train_meld", train_speed.measure_training, MELD, overrides, epochs=2, device=device)
+    # Four epochs here: two are too few to tell a creeping peak from the first epoch's warm-up.
+    stage("train_iemocap", train_speed.measure_training, IEMOCAP, overrides, epochs=2 if quick else 4, device=device)
+    if cuda:  # glibc's settings mean nothing to GPU memory; bfloat16 autocast is the GPU's lever
+        stage("train_iemocap_bf16", train_speed.measure_training, IEMOCAP, [*overrides, *BF16_OVERRIDES],
+              epochs=2, device=device)
+    else:
+        stage("train_iemocap_lean", lean_training, overrides, epochs=1 if quick else 2, device=device)
     lengths = (8, 16, 32) if quick else [n for n in SUITE_LENGTHS if n <= max_length]
     stage("scaling", scaling.measure_scaling, IEMOCAP, overrides, lengths=lengths, repeats=1 if quick else 3,
-          device=device)
+          train_max=max(lengths) if cuda else 800, device=device)
     stage("latency", latency.measure_latency, IEMOCAP, overrides, repeats=3 if quick else 50, device=device)
     stage("batch", latency.measure_batch_prediction, MELD, overrides, utterances=20 if quick else 2610,
           repeats=1 if quick else 3, device=device)
@@ -88,9 +106,37 @@ def run_all(*, quick: bool, device: str, max_length: int = 5000) -> dict[str, An
           device=device)
     results["seconds"] = time.perf_counter() - started
     results["load_end"] = os.getloadavg()[0]
+    if json_path:
+        save_json(json_path, results)
     return results
 
 
+def _with_threads(threads: int, fn, args, kwargs):
+    torch.set_num_threads(threads)
+    return fn(*args, **kwargs)
+
+
+def in_fresh_process(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` in a new Python process with this one's torch threads, so each stage
+    is measured as its own command would be: no heap, allocator or thread-pool state left by the
+    stages before it (a 5,000-utterance step leaves the heap fragmented, which slows a later
+    20-utterance latency test by about a third)."""
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(_with_threads, torch.get_num_threads(), fn, args, kwargs).result()
+
+
+def save_json(path: str | Path, data: Any) -> None:
+    target = Path(path)
+    partial = target.with_name(target.name + ".partial")
+    partial.write_text(json.dumps(data, indent=2))
+    partial.replace(target)
+
+
+BF16_OVERRIDES = ["training.precision=bf16"]
 LEAN_ENV = {"MALLOC_MMAP_THRESHOLD_": str(256 << 10), "MALLOC_TRIM_THRESHOLD_": str(256 << 10)}
 LEAN_OVERRIDES = ["training.activation_checkpointing=true"]
 
@@ -103,7 +149,6 @@ def lean_command(overrides: Sequence[str], epochs: int) -> list[str]:
 def lean_training(overrides: Sequence[str], *, epochs: int, device: str) -> dict[str, Any]:
     """IEMOCAP settings with activation checkpointing and glibc told to return large blocks at
     once (environment variables, so in a fresh process): the lean way to train."""
-    import json
     import os
     import subprocess
     import tempfile
@@ -119,12 +164,21 @@ def _met(ok: bool | None) -> str:
     return "n/a" if ok is None else ("**met**" if ok else "**not met**")
 
 
+def _peak_mb(result: dict[str, Any]) -> tuple[float, str]:
+    """A run's memory high-water mark: the GPU allocator's on CUDA, else the process's RSS."""
+    gpu = [e["cuda_peak_mb"] for e in result.get("epochs", [result]) if e.get("cuda_peak_mb") is not None]
+    if gpu:
+        return max(gpu), "GPU memory peak"
+    return result["peak_rss_mb"] or 0.0, "peak RSS"
+
+
 def goals(results: dict[str, Any]) -> list[list[Any]]:
-    meld, iemocap, lean = results["train_meld"], results["train_iemocap"], results["train_iemocap_lean"]
+    meld, iemocap, lean = results["train_meld"], results["train_iemocap"], results.get("train_iemocap_lean")
     rows_by_n = {r["length"]: r for r in results["scaling"]["rows"]}
     epochs = iemocap["epochs"]
-    peaks = [e["peak_rss_mb"] for e in epochs if e["peak_rss_mb"] is not None]
+    peaks = [_peak_mb(e)[0] for e in epochs]
     flat = None if len(peaks) < 2 else max(peaks[1:]) <= 1.05 * peaks[0]
+    iemocap_peak, what = _peak_mb(iemocap)
     rows = [
         ["training, MELD settings: >= 3x the authors' utterances/s", f"{AUTHORS['meld_train_utt_s']} utt/s",
          f"{meld['train_utt_per_s']:.0f} utt/s ({meld['train_utt_per_s'] / AUTHORS['meld_train_utt_s']:.1f}x)",
@@ -134,41 +188,51 @@ def goals(results: dict[str, Any]) -> list[list[Any]]:
          f"({iemocap['train_utt_per_s'] / AUTHORS['iemocap_train_utt_s']:.1f}x)",
          _met(iemocap["train_utt_per_s"] >= 3 * AUTHORS["iemocap_train_utt_s"])],
         ["peak memory of a full IEMOCAP-settings epoch < 1.5 GB", f"{AUTHORS['iemocap_peak_gb']} GB",
-         f"{(iemocap['peak_rss_mb'] or 0) / 1024:.2f} GB peak RSS", _met((iemocap["peak_rss_mb"] or 0) < 1536)],
-        ["the same with `training.activation_checkpointing=true` and glibc returning large blocks at once "
-         "(`MALLOC_MMAP_THRESHOLD_=262144 MALLOC_TRIM_THRESHOLD_=262144`)", "",
-         f"{(lean['peak_rss_mb'] or 0) / 1024:.2f} GB peak RSS, {lean['train_utt_per_s']:.0f} utt/s",
-         _met((lean["peak_rss_mb"] or 0) < 1536)],
-        ["memory flat from epoch to epoch (later epochs' peak within 5% of the first)",
-         "climbing (MELD: 7.4 GB after 2 epochs)",
-         " / ".join(f"{p / 1024:.2f}" for p in peaks) + " GB per epoch", _met(flat)],
+         f"{iemocap_peak / 1024:.2f} GB {what}", _met(iemocap_peak < 1536)],
     ]
+    if lean is not None:
+        rows.append(["the same with `training.activation_checkpointing=true` and glibc returning large blocks at "
+                     "once (`MALLOC_MMAP_THRESHOLD_=262144 MALLOC_TRIM_THRESHOLD_=262144`)", "",
+                     f"{(lean['peak_rss_mb'] or 0) / 1024:.2f} GB peak RSS, {lean['train_utt_per_s']:.0f} utt/s",
+                     _met((lean["peak_rss_mb"] or 0) < 1536)])
+    heap = [e["malloc_in_use_mb"] for e in epochs if e.get("malloc_in_use_mb") is not None]
+    rows.append([f"memory flat from epoch to epoch (later epochs' peak within 5% of the first; {len(peaks)} epochs)",
+                 "climbing (MELD: 7.4 GB after 2 epochs)",
+                 " / ".join(f"{p / 1024:.2f}" for p in peaks) + " GB per epoch"
+                 + (f" (live heap at each epoch's end: {min(heap):.0f}-{max(heap):.0f} MB)" if heap else ""),
+                 _met(flat)])
     if 800 in rows_by_n:
         train, plain = rows_by_n[800]["train"], rows_by_n[800]["no_dropout"]
         if train is not None:
             rows.append(["one dialogue, N=800, forward + backward, training mode (dropout on): < 2 s", "87 s",
                          f"{train['seconds']:.2f} s", _met(train["seconds"] < 2)])
-            rows.append(["the same, < 1 GB", "19.8 GB", f"{(train['peak_rss_mb'] or 0) / 1024:.2f} GB peak RSS",
-                         _met((train["peak_rss_mb"] or 0) < 1024)])
+            memory, what = _peak_mb(train)
+            rows.append(["the same, < 1 GB", "19.8 GB", f"{memory / 1024:.2f} GB {what}", _met(memory < 1024)])
+        memory, what = _peak_mb(plain)
         rows.append(["one dialogue, N=800, forward + backward, dropout off: < 2 s and < 1 GB", "n/a",
-                     f"{plain['seconds']:.2f} s, {(plain['peak_rss_mb'] or 0) / 1024:.2f} GB peak RSS",
-                     _met(plain["seconds"] < 2 and (plain["peak_rss_mb"] or 0) < 1024)])
-    if 5000 in rows_by_n:
+                     f"{plain['seconds']:.2f} s, {memory / 1024:.2f} GB {what}",
+                     _met(plain["seconds"] < 2 and memory < 1024)])
+    if 5000 in rows_by_n and rows_by_n[5000]["no_dropout"].get("out_of_memory"):
+        rows.append(["one dialogue, N=5,000 completes (dropout off), memory linear in N",
+                     "n/a (N=800 already 19.8 GB)", "out of memory", _met(False)])
+    elif 5000 in rows_by_n:
         big = rows_by_n[5000]["no_dropout"]
         mid, small = rows_by_n.get(800), rows_by_n.get(100)
-        text, linear = f"completes in {big['seconds']:.0f} s, {(big['peak_rss_mb'] or 0) / 1024:.2f} GB", None
+        big_mb, what = _peak_mb(big)
+        text, linear = f"completes in {big['seconds']:.0f} s, {big_mb / 1024:.2f} GB {what}", None
         if mid and small:
-            low, high = small["no_dropout"]["peak_rss_mb"] or 0, mid["no_dropout"]["peak_rss_mb"] or 0
+            low, high = _peak_mb(small["no_dropout"])[0], _peak_mb(mid["no_dropout"])[0]
             slope_low = (high - low) / 700
-            slope_high = ((big["peak_rss_mb"] or 0) - high) / 4200
+            slope_high = (big_mb - high) / 4200
             linear = slope_high <= 1.5 * max(slope_low, 1e-9)
-            text += (f"; RSS grows {slope_low * 1024:.0f} KB per utterance over N=100..800 and "
+            text += (f"; {what} grows {slope_low * 1024:.0f} KB per utterance over N=100..800 and "
                      f"{slope_high * 1024:.0f} KB per utterance over N=800..5,000")
         rows.append(["one dialogue, N=5,000 completes (dropout off), memory linear in N",
                      "n/a (N=800 already 19.8 GB)", text, _met(linear)])
     lat, batch = results["latency"], results["batch"]
     rows.append(["inference, one 20-utterance dialogue, IEMOCAP settings, autograd off: < 15 ms median",
-                  f"{AUTHORS['latency_ms']} ms", f"{lat['no_grad']['median_ms']:.1f} ms",
+                  f"{AUTHORS['latency_ms']} ms", f"{lat['no_grad']['median_ms']:.1f} ms"
+                  + (f" (weights in bfloat16: {lat['no_grad_bf16']['median_ms']:.1f} ms)" if "no_grad_bf16" in lat else ""),
                   _met(lat["no_grad"]["median_ms"] < 15)])
     rows.append([f"batch prediction of {batch['utterances']:,} utterances (MELD test size), MELD settings: < 2 s",
                  "n/a", f"{batch['seconds']:.2f} s ({batch['utt_per_s']:.0f} utt/s)", _met(batch["seconds"] < 2)])
@@ -179,7 +243,80 @@ def goals(results: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
-def render(results: dict[str, Any], *, command: str) -> str:
+def goals_table(results: dict[str, Any], gpu: dict[str, Any] | None) -> str:
+    """The goals with the CPU figures and verdicts; a GPU run's figures in one more column."""
+    rows = goals(results)
+    if gpu is None:
+        return bc.table(["goal", "authors' code", "redifu", "verdict"], rows)
+    on_gpu = {row[0]: row[2] for row in goals(gpu)}
+    return bc.table(["goal", "authors' code", "redifu (CPU)", "verdict (CPU)", f"redifu on {gpu['machine']['device']}"],
+                    [[*row, on_gpu.get(row[0], "")] for row in rows])
+
+
+def gpu_section(gpu: dict[str, Any], source: str) -> list[str]:
+    """The figures of a suite run on a CUDA GPU (``--gpu-results``)."""
+    m = gpu["machine"]
+    bf16 = gpu.get("train_iemocap_bf16")
+    return [
+        f"## On a GPU: {m['device']}",
+        "",
+        "```bash",
+        f"python benchmarks/suite.py --device cuda --json {source}   # on the GPU machine",
+        "```",
+        "",
+        f"Measured on {m['arch']}, {m['cores']} CPU cores, torch {m['torch']}, device {m['device']}; the whole "
+        f"suite took {gpu['seconds'] / 60:.1f} minutes. The same scripts and settings as above; memory is the "
+        "CUDA allocator's high-water mark (`torch.cuda.max_memory_allocated`), float32 (no TF32) unless "
+        "the row says bf16. The goals above are set for the 2-core CPU machine; the GPU column is for "
+        "comparison. Training mode on the GPU uses PyTorch's fused attention kernels with dropout, so the "
+        "scaling sweep runs training mode at every N.",
+        "",
+        "### Training, MELD settings",
+        "",
+        train_speed.report(gpu["train_meld"]),
+        "",
+        "### Training, IEMOCAP settings",
+        "",
+        train_speed.report(gpu["train_iemocap"]),
+        "",
+        *(["### Training, IEMOCAP settings, `training.precision=bf16`", "", train_speed.report(bf16), ""]
+          if bf16 else []),
+        "### One dialogue of N utterances",
+        "",
+        scaling.report(gpu["scaling"]),
+        "",
+        "### Inference latency and batch prediction",
+        "",
+        latency.report(gpu["latency"], gpu["batch"]),
+        "",
+        *(["### Profile", "", profile_components.report(gpu["profile"]), ""] if "profile" in gpu else []),
+    ]
+
+
+def _lean_section(results: dict[str, Any]) -> list[str]:
+    if "train_iemocap_lean" not in results:
+        return []
+    return [
+        "### IEMOCAP settings, lean",
+        "",
+        "Activation checkpointing (the denoiser, graph and fusion layers recompute their activations in "
+        "backward; same results, dropout masks included) and glibc's allocator told to serve blocks of 256 KiB "
+        "and more with mmap and return them at once (by default it raises that threshold as large blocks "
+        "are freed, then keeps freed memory in its heap: the RSS well above the heap in use in the tables "
+        "above).",
+        "",
+        "```bash",
+        "MALLOC_MMAP_THRESHOLD_=262144 MALLOC_TRIM_THRESHOLD_=262144 python benchmarks/train_speed.py "
+        "--config configs/iemocap.yaml --epochs 2 training.activation_checkpointing=true",
+        "```",
+        "",
+        train_speed.report(results["train_iemocap_lean"]),
+        "",
+    ]
+
+
+def render(results: dict[str, Any], *, command: str, gpu: dict[str, Any] | None = None,
+           gpu_source: str = "") -> str:
     m = results["machine"]
     meld, iemocap = results["train_meld"], results["train_iemocap"]
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -213,7 +350,7 @@ def render(results: dict[str, Any], *, command: str) -> str:
         "",
         "## Goals",
         "",
-        bc.table(["goal", "authors' code", "redifu", "verdict"], goals(results)),
+        goals_table(results, gpu),
         "",
         "For comparison, evaluation throughput (dev split, eval mode, no autograd): "
         f"MELD settings {meld['eval_utt_per_s']:.0f} utt/s (authors {AUTHORS['meld_eval_utt_s']}), "
@@ -223,7 +360,7 @@ def render(results: dict[str, Any], *, command: str) -> str:
         "",
         "```bash",
         "python benchmarks/train_speed.py --config configs/meld.yaml --epochs 2",
-        "python benchmarks/train_speed.py --config configs/iemocap.yaml --epochs 2",
+        "python benchmarks/train_speed.py --config configs/iemocap.yaml --epochs 4",
         "```",
         "",
         "Forward, loss (with auxiliary losses), backward, gradient clipping and AdamW over the whole training "
@@ -240,21 +377,7 @@ def render(results: dict[str, Any], *, command: str) -> str:
         "",
         train_speed.report(iemocap),
         "",
-        "### IEMOCAP settings, lean",
-        "",
-        "Activation checkpointing (the denoiser, graph and fusion layers recompute their activations in "
-        "backward; same results, dropout masks included) and glibc's allocator told to serve blocks of 256 KiB "
-        "and more with mmap and return them at once (by default it raises that threshold as large blocks "
-        "are freed, then keeps freed memory in its heap: the RSS well above the heap in use in the tables "
-        "above).",
-        "",
-        "```bash",
-        "MALLOC_MMAP_THRESHOLD_=262144 MALLOC_TRIM_THRESHOLD_=262144 python benchmarks/train_speed.py "
-        "--config configs/iemocap.yaml --epochs 2 training.activation_checkpointing=true",
-        "```",
-        "",
-        train_speed.report(results["train_iemocap_lean"]),
-        "",
+        *_lean_section(results),
         "## One dialogue of N utterances (scaling)",
         "",
         "```bash",
@@ -293,6 +416,7 @@ def render(results: dict[str, Any], *, command: str) -> str:
         "",
         profile_components.report(results["profile"]),
         "",
+        *(gpu_section(gpu, gpu_source) if gpu else []),
         "## What keeps memory linear",
         "",
         "- Attention with dropout in training: PyTorch has no fused CPU kernel for attention dropout, and its "
@@ -335,12 +459,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--max-length", type=int, default=5000,
                         help="longest dialogue of the scaling sweep (N=5,000 takes a few minutes on 2 cores)")
+    parser.add_argument("--json", help="save the measured results here (after each stage)")
+    parser.add_argument("--from-json", help="render saved results (--json) instead of measuring")
+    parser.add_argument("--gpu-results", help="a CUDA run's --json results: adds a GPU column and section")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads or (1 if args.quick else 2))
-    results = run_all(quick=args.quick, device=args.device, max_length=args.max_length)
-    command = "python benchmarks/suite.py" + (" --quick" if args.quick else "") + (
+    if args.from_json:
+        results = json.loads(Path(args.from_json).read_text())
+    else:
+        results = run_all(quick=args.quick, device=args.device, max_length=args.max_length, json_path=args.json)
+    gpu = json.loads(Path(args.gpu_results).read_text()) if args.gpu_results else None
+    command = "python benchmarks/suite.py" + (" --quick" if results["quick"] else "") + (
+        f" --json {args.json or args.from_json}" if args.json or args.from_json else "") + (
+        f" --gpu-results {args.gpu_results}" if args.gpu_results else "") + (
         f" --write {args.write}" if args.write else "")
-    text = render(results, command=command)
+    text = render(results, command=command, gpu=gpu, gpu_source=args.gpu_results or "")
     print(text)
     if args.write:
         target = Path(args.write)

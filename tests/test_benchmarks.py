@@ -40,6 +40,25 @@ def test_quick_suite_writes_every_section(tmp_path, monkeypatch):
                   "redifu.data"):
         assert label in profile["labels"]
     assert {"fusion", "graph", "denoiser"} <= set(profile["backward"])
+    assert results["latency"]["no_grad_bf16"]["max_probability_difference"] < 0.05
+    assert "weights in bfloat16" in text
+
+    # Saved results render again, and a second run's results become the GPU column and section.
+    saved = tmp_path / "results.json"
+    suite.save_json(saved, results)
+    assert suite.main(["--from-json", str(saved), "--gpu-results", str(saved), "--write", str(out)]) == 0
+    rendered = out.read_text()
+    assert "## On a GPU: cpu" in rendered
+    header = rendered.split("## Goals")[1].splitlines()[2]
+    assert header.endswith("| redifu on cpu |")
+    assert not (tmp_path / "results.json.partial").exists()
+
+
+def test_stages_run_in_a_fresh_process_with_this_ones_threads():
+    import os
+
+    assert suite.in_fresh_process(os.getpid) != os.getpid()
+    assert suite.in_fresh_process(torch.get_num_threads) == torch.get_num_threads()
 
 
 def test_first_utterances_cuts_to_the_count():

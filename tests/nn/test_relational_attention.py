@@ -235,3 +235,40 @@ def test_no_per_edge_feature_tensor_is_kept_for_backward():
     assert sum(saved.values()) < 2000 * 32  # less than one (E, out) message tensor in total
     out.sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("num_bases", [None, 2])
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_transforms_kept_without_autograd_follow_every_parameter_change(config, num_bases, context):
+    """Without autograd the per-relation transforms are reused, never stale: an optimiser step,
+    load_state_dict and replacing a parameter all show in the next output."""
+    config.update(num_bases=num_bases)
+    layer = RelationalGraphAttention(**config).double().eval()
+    x = torch.randn(7, 6, dtype=torch.float64)
+    edge_index, edge_type = random_graph(num_nodes=7, num_edges=25, num_relations=4)
+
+    def check():
+        with context():
+            kept = layer(x, edge_index, edge_type)[0]
+            again = layer(x, edge_index, edge_type)[0]
+        expected = dense_reference(layer, x, edge_index, edge_type)[0].detach()
+        torch.testing.assert_close(kept, expected)
+        torch.testing.assert_close(again, expected)
+        return kept
+
+    first = check()
+    assert layer._transform_cache is not None
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.5)
+    layer(x, edge_index, edge_type)[0].square().sum().backward()  # autograd on: the cache is dropped
+    assert layer._transform_cache is None
+    optimizer.step()
+    stepped = check()
+    assert not torch.allclose(stepped, first)
+    other = RelationalGraphAttention(**config).double()
+    layer.load_state_dict(other.state_dict())
+    torch.testing.assert_close(check(), dense_reference(other, x, edge_index, edge_type)[0].detach())
+    with torch.no_grad():
+        layer.att_src.mul_(-1.0)  # in place, without autograd
+    check()
+    layer.att_dst = torch.nn.Parameter(torch.randn_like(layer.att_dst))  # a new parameter object
+    check()

@@ -231,6 +231,7 @@ class RelationalGraphAttention(MessagePassing):
         self.dropout = dropout
         self.negative_slope = negative_slope
         self.num_bases = num_bases
+        self._transform_cache: tuple | None = None  # see _transforms()
 
         if num_bases is None:
             self.weight = Parameter(torch.empty(num_relations, in_dim, out_dim))
@@ -268,6 +269,43 @@ class RelationalGraphAttention(MessagePassing):
             return self.weight
         return torch.einsum("rb,bio->rio", self.comp, self.basis)  # (R, in, out)
 
+    def _compute_transforms(self) -> tuple[Tensor, Tensor, Tensor]:
+        R, H, D = self.num_relations, self.num_heads, self.head_dim
+        weight = self.relation_weights()  # (R, in, out)
+        # The additive logit terms are linear in x: a_r,h . (W_r x)_h == x . (W_r,h a_r,h), so
+        # each side needs an (in, H) projection per relation, not the full (in, out) one.
+        weight_heads = weight.view(R, self.in_dim, H, D)  # (R, in, H, D)
+        # Broadcast multiply + sum rather than einsum: einsum would save a permuted copy of W
+        # (R, in, H, D) for its backward, the product here is transient.
+        proj_src = (weight_heads * self.att_src[:, None]).sum(dim=-1)  # (R, in, H)
+        proj_dst = (weight_heads * self.att_dst[:, None]).sum(dim=-1)  # (R, in, H)
+        return weight, proj_src, proj_dst
+
+    def _transforms(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``W_r`` and the per-relation logit projections of both sides.
+
+        They depend on the parameters alone, and computing them reads every ``W_r`` twice
+        (about half the layer's time for a short dialogue). Without autograd (evaluation,
+        prediction) they are kept and reused until a parameter changes: an optimiser step,
+        ``load_state_dict`` or a move bumps the parameter's version counter or storage.
+        (Writing through ``param.data`` bypasses the version counter: run a forward pass with
+        autograd on, which empties the cache, after doing that.)
+        """
+        if torch.compiler.is_compiling():  # a compiled graph recomputes them as part of the graph
+            return self._compute_transforms()
+        if torch.is_grad_enabled():
+            self._transform_cache = None
+            return self._compute_transforms()
+        # The cache holds the parameter objects themselves, so none of them (nor its storage) can
+        # be freed and another take its identity or address while the cache lives.
+        params = tuple(self.parameters(recurse=False))
+        key = (torch.is_inference_mode_enabled(), *((p._version, p.data_ptr(), p.device, p.dtype) for p in params))
+        cache = self._transform_cache
+        if cache is None or cache[1] != key or any(a is not b for a, b in zip(cache[0], params, strict=True)):
+            cache = (params, key, self._compute_transforms())
+            self._transform_cache = cache
+        return cache[2]
+
     def forward(
         self,
         x: Tensor,
@@ -290,15 +328,8 @@ class RelationalGraphAttention(MessagePassing):
             raise ValueError(f"edge_type values must lie in [0, {self.num_relations})")
 
         R, H, D = self.num_relations, self.num_heads, self.head_dim
-        weight = self.relation_weights()  # (R, in, out)
+        weight, proj_src, proj_dst = self._transforms()  # (R, in, out), (R, in, H), (R, in, H)
         src, dst = edge_index[0], edge_index[1]
-        # The additive logit terms are linear in x: a_r,h . (W_r x)_h == x . (W_r,h a_r,h), so
-        # each side needs an (in, H) projection per relation, not the full (in, out) one.
-        weight_heads = weight.view(R, self.in_dim, H, D)  # (R, in, H, D)
-        # Broadcast multiply + sum rather than einsum: einsum would save a permuted copy of W
-        # (R, in, H, D) for its backward, the product here is transient.
-        proj_src = (weight_heads * self.att_src[:, None]).sum(dim=-1)  # (R, in, H)
-        proj_dst = (weight_heads * self.att_dst[:, None]).sum(dim=-1)  # (R, in, H)
 
         # Values W_r x_j and source terms once per distinct (source, relation) pair, target
         # terms once per distinct (target, relation) pair.
