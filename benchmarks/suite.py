@@ -106,6 +106,7 @@ def run_all(*, quick: bool, device: str, max_length: int = 5000, json_path: str 
           device=device)
     results["seconds"] = time.perf_counter() - started
     results["load_end"] = os.getloadavg()[0]
+    results["measured_at"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     if json_path:
         save_json(json_path, results)
     return results
@@ -196,9 +197,9 @@ def goals(results: dict[str, Any]) -> list[list[Any]]:
                      f"{(lean['peak_rss_mb'] or 0) / 1024:.2f} GB peak RSS, {lean['train_utt_per_s']:.0f} utt/s",
                      _met((lean["peak_rss_mb"] or 0) < 1536)])
     heap = [e["malloc_in_use_mb"] for e in epochs if e.get("malloc_in_use_mb") is not None]
-    rows.append([f"memory flat from epoch to epoch (later epochs' peak within 5% of the first; {len(peaks)} epochs)",
+    rows.append(["memory flat from epoch to epoch (later epochs' peak within 5% of the first)",
                  "climbing (MELD: 7.4 GB after 2 epochs)",
-                 " / ".join(f"{p / 1024:.2f}" for p in peaks) + " GB per epoch"
+                 " / ".join(f"{p / 1024:.2f}" for p in peaks) + f" GB in {len(peaks)} epochs"
                  + (f" (live heap at each epoch's end: {min(heap):.0f}-{max(heap):.0f} MB)" if heap else ""),
                  _met(flat)])
     if 800 in rows_by_n:
@@ -264,7 +265,8 @@ def gpu_section(gpu: dict[str, Any], source: str) -> list[str]:
         f"python benchmarks/suite.py --device cuda --json {source}   # on the GPU machine",
         "```",
         "",
-        f"Measured on {m['arch']}, {m['cores']} CPU cores, torch {m['torch']}, device {m['device']}; the whole "
+        f"Measured {gpu.get('measured_at', '')} on {m['arch']}, {m['cores']} CPU cores, torch {m['torch']}, "
+        f"device {m['device']}; the whole "
         f"suite took {gpu['seconds'] / 60:.1f} minutes. The same scripts and settings as above; memory is the "
         "CUDA allocator's high-water mark (`torch.cuda.max_memory_allocated`), float32 (no TF32) unless "
         "the row says bf16. The goals above are set for the 2-core CPU machine; the GPU column is for "
@@ -319,7 +321,7 @@ def render(results: dict[str, Any], *, command: str, gpu: dict[str, Any] | None 
            gpu_source: str = "") -> str:
     m = results["machine"]
     meld, iemocap = results["train_meld"], results["train_iemocap"]
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = results.get("measured_at") or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         "# Benchmarks",
         "",
