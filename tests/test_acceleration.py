@@ -175,3 +175,61 @@ def test_wide_values_without_dropout_equal_the_math_path():
     out = mea.masked_attention(q, k, v, mask, scale=0.4)
     scores = (q @ k.transpose(-1, -2) * 0.4).masked_fill(~mask[:, None, None, :], float("-inf"))
     torch.testing.assert_close(out, scores.softmax(-1) @ v, rtol=1e-5, atol=1e-5)
+
+
+def test_fast_keep_mask_is_bernoulli_with_the_keep_probability():
+    torch.manual_seed(0)
+    for keep in (0.5, 0.4, 0.9):
+        mask = mea.fast_keep_mask((300, 1001), keep)
+        assert mask.shape == (300, 1001) and mask.dtype == torch.bool
+        assert abs(mask.float().mean().item() - keep) < 0.005  # 300,300 draws: sd < 0.001
+    first = mea.fast_keep_mask((64,), 0.5)
+    assert not torch.equal(first, mea.fast_keep_mask((64,), 0.5))  # fresh draws each call
+    torch.manual_seed(3)
+    again = mea.fast_keep_mask((7, 5), 0.3)
+    torch.manual_seed(3)
+    assert torch.equal(again, mea.fast_keep_mask((7, 5), 0.3))  # the default generator's seed decides
+
+
+def test_fast_dropout_attention_uses_its_mask_in_forward_and_backward():
+    """One chunk: the output and gradients are the math path's with the fast mask."""
+    (q, k, v), mask = _qkv(2, 3, 6, 6, 4, 8)
+    grad = torch.randn(2, 3, 6, 8, generator=torch.Generator().manual_seed(9))
+    torch.manual_seed(5)
+    noise = mea.fast_keep_mask((2 * 3, 6, 6), 0.6).view(2, 3, 6, 6).float() / 0.6
+    scores = (q @ k.transpose(-1, -2) * 0.3).masked_fill(~mask[:, None, None, :], float("-inf"))
+    expected = (scores.softmax(-1) * noise) @ v
+    expected_grads = torch.autograd.grad(expected, (q, k, v), grad)
+    torch.manual_seed(5)
+    out = mea.masked_attention(q, k, v, mask, dropout_p=0.4, scale=0.3, fast_dropout=True)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(torch.autograd.grad(out, (q, k, v), grad), expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_fast_dropout_keeps_the_expectation_and_works_with_checkpointing(tiny_batch):
+    (q, k, v), mask = _qkv(1, 2, 5, 5, 4, 4)
+    plain = mea.masked_attention(q, k, v, mask).detach()
+    draws = torch.stack([mea.masked_attention(q, k, v, mask, dropout_p=0.3, fast_dropout=True).detach()
+                         for _ in range(3000)])
+    torch.testing.assert_close(draws.mean(0), plain, atol=0.05, rtol=0)
+
+    torch.manual_seed(0)
+    model = ReDiFu(make_tiny_config(dropout=0.5)).train().set_fast_dropout(True)
+    assert all(m.fast_dropout for m in model.modules() if hasattr(m, "fast_dropout"))
+    logits, grads = _train_step(model, tiny_batch)
+    model.set_fast_dropout(False)
+    assert not torch.allclose(_train_step(model, tiny_batch)[0], logits)  # other masks, other step
+    model.set_fast_dropout(True).set_activation_checkpointing(True)  # recomputation redraws the same masks
+    checkpointed_logits, checkpointed_grads = _train_step(model, tiny_batch)
+    torch.testing.assert_close(checkpointed_logits, logits, rtol=1e-6, atol=1e-6)
+    for name in grads:
+        torch.testing.assert_close(checkpointed_grads[name], grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_fast_dropout_flag_reaches_the_model(tiny_config):
+    config = load_config(None, ["training.fast_dropout=true"])
+    system = ReDiFuSystem(model_config=tiny_config.to_dict(), training=config.to_dict()["training"])
+    assert all(m.fast_dropout for m in system.model.modules() if hasattr(m, "fast_dropout"))
+    plain = ReDiFuSystem(model_config=tiny_config.to_dict(), training=load_config().to_dict()["training"])
+    assert not any(m.fast_dropout for m in plain.model.modules() if hasattr(m, "fast_dropout"))

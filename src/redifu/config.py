@@ -113,6 +113,9 @@ class TrainingConfig:
         activation_checkpointing: Recompute the denoiser, graph and fusion layers' activations
             in backward instead of keeping them: less memory, about one more forward pass per
             step, same results (dropout masks included).
+        fast_dropout: On the CPU, draw attention-dropout masks four to a random word (same
+            distribution, about 8 times faster to draw; other draws than PyTorch's dropout, so a
+            seed gives other results than without it).
         num_workers: DataLoader worker processes.
         threads: torch intra-op threads on the CPU (``None``: torch's default).
         logger: ``csv``, ``tensorboard`` or ``none``.
@@ -138,6 +141,7 @@ class TrainingConfig:
     precision: str = "32-true"
     compile: bool = False
     activation_checkpointing: bool = False
+    fast_dropout: bool = False
     num_workers: int = 0
     threads: int | None = None
     logger: str = "csv"

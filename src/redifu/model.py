@@ -328,6 +328,16 @@ class ReDiFu(nn.Module):
                 module.activation_checkpointing = enabled
         return self
 
+    def set_fast_dropout(self, enabled: bool = True) -> "ReDiFu":
+        """Draw the attention-dropout masks on the CPU four to a random word
+        (:func:`redifu.nn.memory_efficient_attention.fast_keep_mask`): the same distribution,
+        other draws than PyTorch's dropout, so a seed gives other (not worse) results than
+        without it. A training-time choice, not part of the config."""
+        for module in self.modules():
+            if hasattr(module, "fast_dropout"):
+                module.fast_dropout = enabled
+        return self
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

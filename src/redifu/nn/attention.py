@@ -44,6 +44,7 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"num_heads ({num_heads}) must divide dim ({dim})")
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.dropout = dropout
+        self.fast_dropout = False  # see ReDiFu.set_fast_dropout
         self.q_proj = nn.Linear(dim, dim)
         self.kv_proj = nn.Linear(dim, 2 * dim)
         self.out_proj = nn.Linear(dim, dim)
@@ -81,7 +82,8 @@ class MultiHeadAttention(nn.Module):
             weights = scores.masked_fill(~bias, float("-inf")).softmax(-1)
             out = F.dropout(weights, dropout, self.training) @ v
         else:
-            out = masked_attention(q, k, v, key_mask, dropout_p=dropout)  # (B, H, N, d)
+            out = masked_attention(q, k, v, key_mask, dropout_p=dropout,
+                                   fast_dropout=self.fast_dropout)  # (B, H, N, d)
         out = out.transpose(1, 2).reshape(b, n, self.dim)  # (B, N, D)
         return self.out_proj(out), weights
 

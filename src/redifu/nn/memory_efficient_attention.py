@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ChunkedDropoutAttention", "chunked_dropout_is_exact", "masked_attention"]
+__all__ = ["ChunkedDropoutAttention", "chunked_dropout_is_exact", "fast_keep_mask", "masked_attention"]
 
 # Elements of one chunk of the attention map (16 MiB in fp32): large enough that the Python
 # loop costs little against the matrix products, small against the rest of a training step.
@@ -80,6 +80,21 @@ def _probabilities(q: Tensor, k: Tensor, bias: Tensor) -> Tensor:
 _BIT_WEIGHTS = 1 << torch.arange(8, dtype=torch.uint8)  # (8,)
 
 
+def fast_keep_mask(shape: torch.Size | tuple[int, ...], keep: float, device: torch.device | str = "cpu") -> Tensor:
+    """A Bernoulli(``keep``) bool tensor drawn four elements per 64-bit random word.
+
+    Each element compares 16 random bits with ``round(keep * 2**16)``, so the keep probability
+    is ``keep`` rounded to a multiple of 2**-16. The draws come from the default generator (so
+    seeding, and activation checkpointing's saved random state, reproduce them) but not in the
+    order of :meth:`torch.Tensor.bernoulli_`: the same seed gives other masks than PyTorch's
+    dropout. On 2 CPU cores this draws about 8 times faster than ``bernoulli_``.
+    """
+    numel = math.prod(shape)
+    words = torch.randint(-(2**63), 2**63 - 1, ((numel + 3) // 4,), dtype=torch.int64, device=device)
+    lanes = words.view(torch.int16)[:numel]  # uniform over [-2**15, 2**15)
+    return lanes.lt(round(keep * 65536) - 32768).view(shape)
+
+
 def _pack_bits(keep: Tensor) -> Tensor:
     """A bool tensor as one bit per element: ``(ceil(numel / 8),)`` uint8."""
     flat = keep.reshape(-1)
@@ -107,7 +122,8 @@ class ChunkedDropoutAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, dropout_p: float, scale: float, budget: int
+        ctx, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, dropout_p: float, scale: float, budget: int,
+        fast: bool = False,
     ) -> Tensor:
         B, H, N, d = q.shape
         M, e = k.shape[2], v.shape[3]
@@ -121,7 +137,10 @@ class ChunkedDropoutAttention(torch.autograd.Function):
         kept = []
         for heads, rows in _chunks(B * H, N, M, budget):
             attn = _probabilities(qs[heads, rows], ks[heads], bias[heads])  # (c, r, M)
-            noise = torch.empty_like(attn).bernoulli_(keep)  # what at::dropout draws, in the same order
+            if fast:  # opt-in: other draws than PyTorch's dropout, same distribution
+                noise = fast_keep_mask(attn.shape, keep, attn.device).to(attn.dtype)
+            else:
+                noise = torch.empty_like(attn).bernoulli_(keep)  # what at::dropout draws, in the same order
             kept.append(_pack_bits(noise.bool()))
             out[heads, rows] = torch.matmul(attn.mul_(noise.div_(keep)), vs[heads])
         ctx.save_for_backward(q, k, v, key_mask, *kept)
@@ -156,7 +175,7 @@ class ChunkedDropoutAttention(torch.autograd.Function):
             (grad_q * root).view(B, H, N, d),
             (grad_k * root).view(B, H, M, d),
             grad_v.view(B, H, M, e),
-            None, None, None, None,
+            None, None, None, None, None,
         )
 
 
@@ -175,6 +194,7 @@ def masked_attention(
     dropout_p: float = 0.0,
     scale: float | None = None,
     budget: int = CHUNK_ELEMENTS,
+    fast_dropout: bool = False,
 ) -> Tensor:
     r"""Non-causal ``softmax(q k^T \cdot scale)`` over the keys where ``key_mask`` is True, times ``v``.
 
@@ -193,6 +213,10 @@ def masked_attention(
         scale (float, optional): Score scale; ``None`` gives ``1 / sqrt(d)``. (default: ``None``)
         budget (int, optional): Elements of the map computed at once by the chunked path.
             (default: :data:`CHUNK_ELEMENTS`)
+        fast_dropout (bool, optional): On the CPU, draw the dropout masks with
+            :func:`fast_keep_mask` (same distribution, other draws than PyTorch's dropout for
+            the same seed, so results differ from the default). No effect elsewhere.
+            (default: ``False``)
 
     Shapes:
         - q: ``(B, H, N, d)``; k: ``(B, H, M, d)``; v: ``(B, H, M, e)``; key_mask: ``(B, M)`` bool
@@ -204,9 +228,9 @@ def masked_attention(
         and q.device.type == "cpu"
         and not torch.is_autocast_enabled("cpu")
         and q.dtype == k.dtype == v.dtype
-        and chunked_dropout_is_exact()
+        and (fast_dropout or chunked_dropout_is_exact())
     ):
-        return ChunkedDropoutAttention.apply(q, k, v, key_mask, dropout_p, scale, budget)
+        return ChunkedDropoutAttention.apply(q, k, v, key_mask, dropout_p, scale, budget, fast_dropout)
     if dropout_p == 0.0 and v.shape[-1] != q.shape[-1] and v.shape[-1] % q.shape[-1] == 0:
         # Fused kernels need one head size for q, k and v (the dual differential attention has
         # values twice as wide); without them PyTorch materialises the map. Attend once per slice.
