@@ -207,7 +207,8 @@ def goals(results: dict[str, Any]) -> list[list[Any]]:
                      "once (`MALLOC_MMAP_THRESHOLD_=262144 MALLOC_TRIM_THRESHOLD_=262144`)", "",
                      f"{(lean['peak_rss_mb'] or 0) / 1024:.2f} GB peak RSS, {lean['train_utt_per_s']:.0f} utt/s",
                      _met((lean["peak_rss_mb"] or 0) < 1536)])
-    heap = [e["malloc_in_use_mb"] for e in epochs if e.get("malloc_in_use_mb") is not None]
+    # The host heap says nothing about GPU memory: shown for CPU runs only.
+    heap = [e["malloc_in_use_mb"] for e in epochs if e.get("malloc_in_use_mb") is not None] if what == "peak RSS" else []
     rows.append(["memory flat from epoch to epoch (later epochs' peak within 5% of the first)",
                  "climbing (MELD: 7.4 GB after 2 epochs)",
                  " / ".join(f"{p / 1024:.2f}" for p in peaks) + f" GB in {len(peaks)} epochs"
