@@ -150,6 +150,7 @@ def build(config_path: str | None, overrides: Sequence[str] = (), *, seed: int =
     torch.manual_seed(seed)
     model = ReDiFu(model_config)
     model.set_feature_statistics(feature_statistics(corpus.splits["train"], model_config.modalities))
+    model.set_training_options(config.training)
     return Setup(config=config, corpus=corpus, model_config=model_config, model=model.to(device))
 
 

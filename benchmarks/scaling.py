@@ -61,9 +61,7 @@ def measure_scaling(
     """Median seconds and peak memory of forward + backward for each dialogue length."""
     torch_device = bc.pick_device(device)
     setup = bc.build(config_path, overrides, device=torch_device)
-    training = setup.config.training
-    model = setup.model.set_activation_checkpointing(training.activation_checkpointing)
-    model.set_fast_dropout(training.fast_dropout)
+    model = setup.model
     setup.corpus.splits.clear()  # only the metadata is needed; free the corpus before measuring
 
     def step(inputs) -> None:

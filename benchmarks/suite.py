@@ -45,6 +45,8 @@ import profile_components  # noqa: E402
 import scaling  # noqa: E402
 import train_speed  # noqa: E402
 
+from redifu.checkpoint import write_json_atomic  # noqa: E402
+
 def _config(name: str) -> str:
     path = ROOT / "configs" / name
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
@@ -136,10 +138,7 @@ def in_fresh_process(fn, *args, **kwargs):
 
 
 def save_json(path: str | Path, data: Any) -> None:
-    target = Path(path)
-    partial = target.with_name(target.name + ".partial")
-    partial.write_text(json.dumps(data, indent=2))
-    partial.replace(target)
+    write_json_atomic(Path(path), data)
 
 
 BF16_OVERRIDES = ["training.precision=bf16"]

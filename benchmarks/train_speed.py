@@ -44,8 +44,7 @@ def measure_training(
     torch_device = bc.pick_device(device)
     setup = bc.build(config_path, overrides, device=torch_device)
     training = setup.config.training
-    model = setup.model.set_activation_checkpointing(training.activation_checkpointing)
-    model.set_fast_dropout(training.fast_dropout)
+    model = setup.model
     if training.compile:
         model = torch.compile(model)
     train = setup.corpus.splits["train"][:train_dialogues]

@@ -323,19 +323,25 @@ class ReDiFu(nn.Module):
         """Recompute each denoiser, graph and fusion layer's activations in backward instead of
         keeping them (less memory, one more forward pass per step; same results, dropout masks
         included). A training-time choice, not part of the config."""
-        for module in self.modules():
-            if hasattr(module, "activation_checkpointing"):
-                module.activation_checkpointing = enabled
-        return self
+        return self._set_layer_flag("activation_checkpointing", enabled)
 
     def set_fast_dropout(self, enabled: bool = True) -> "ReDiFu":
         """Draw the attention-dropout masks on the CPU four to a random word
         (:func:`redifu.nn.memory_efficient_attention.fast_keep_mask`): the same distribution,
         other draws than PyTorch's dropout, so a seed gives other (not worse) results than
         without it. A training-time choice, not part of the config."""
+        return self._set_layer_flag("fast_dropout", enabled)
+
+    def set_training_options(self, training) -> "ReDiFu":
+        """Apply a :class:`redifu.config.TrainingConfig`'s layer options (activation
+        checkpointing, fast dropout)."""
+        self.set_activation_checkpointing(training.activation_checkpointing)
+        return self.set_fast_dropout(training.fast_dropout)
+
+    def _set_layer_flag(self, name: str, enabled: bool) -> "ReDiFu":
         for module in self.modules():
-            if hasattr(module, "fast_dropout"):
-                module.fast_dropout = enabled
+            if hasattr(module, name):
+                setattr(module, name, enabled)
         return self
 
     def num_parameters(self) -> int:

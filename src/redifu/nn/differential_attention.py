@@ -81,13 +81,6 @@ def _guard_empty_keys(key_mask: Tensor) -> tuple[Tensor, Tensor]:
     return safe_mask, has_key[:, None, None, None]  # (B, 1, 1, 1)
 
 
-def _sdpa(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, *, dropout_p: float, scale: float,
-          fast_dropout: bool = False) -> Tensor:
-    """Masked, non-causal ``softmax(q k^T * scale) v`` without materialising the map (also with
-    attention dropout in training, see :mod:`redifu.nn.memory_efficient_attention`)."""
-    return masked_attention(q, k, v, key_mask, dropout_p=dropout_p, scale=scale, fast_dropout=fast_dropout)
-
-
 class DifferentialAttention(nn.Module):
     r"""Differential multi-head attention of Ye et al., "Differential Transformer" (ICLR 2025),
     non-causal and key-padding masked.
@@ -199,10 +192,10 @@ class DifferentialAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
 
         if not return_maps:
-            o1 = _sdpa(q1, k1, v, key_mask, dropout_p=dropout_p, scale=self.scale,
-                       fast_dropout=self.fast_dropout)  # (B, H, N, 2d)
-            o2 = _sdpa(q2, k2, v, key_mask, dropout_p=dropout_p, scale=self.scale,
-                       fast_dropout=self.fast_dropout)  # (B, H, N, 2d)
+            o1 = masked_attention(q1, k1, v, key_mask, dropout_p=dropout_p, scale=self.scale,
+                                  fast_dropout=self.fast_dropout)  # (B, H, N, 2d)
+            o2 = masked_attention(q2, k2, v, key_mask, dropout_p=dropout_p, scale=self.scale,
+                                  fast_dropout=self.fast_dropout)  # (B, H, N, 2d)
             return (o1 - lam * o2) * has_key, None
 
         a1 = _masked_map(q1 @ k1.transpose(-2, -1) * self.scale, key_mask) * has_key  # (B, H, N, N)
@@ -343,10 +336,10 @@ class TemporalDifferentialAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
 
         if not return_maps:
-            o1 = _sdpa(q, k, v, mask1, dropout_p=dropout_p, scale=self.scale,
-                       fast_dropout=self.fast_dropout)  # (B, H, N, d)
-            o2 = _sdpa(q, k_prev, v, mask2, dropout_p=dropout_p, scale=self.scale,
-                       fast_dropout=self.fast_dropout)  # (B, H, N, d)
+            o1 = masked_attention(q, k, v, mask1, dropout_p=dropout_p, scale=self.scale,
+                                  fast_dropout=self.fast_dropout)  # (B, H, N, d)
+            o2 = masked_attention(q, k_prev, v, mask2, dropout_p=dropout_p, scale=self.scale,
+                                  fast_dropout=self.fast_dropout)  # (B, H, N, d)
             return o1 * has_key1 - lam * (o2 * has_key2), None
 
         a1 = _masked_map(q @ k.transpose(-2, -1) * self.scale, mask1) * has_key1  # (B, H, N, N)

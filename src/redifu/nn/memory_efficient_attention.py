@@ -138,10 +138,12 @@ class ChunkedDropoutAttention(torch.autograd.Function):
         for heads, rows in _chunks(B * H, N, M, budget):
             attn = _probabilities(qs[heads, rows], ks[heads], bias[heads])  # (c, r, M)
             if fast:  # opt-in: other draws than PyTorch's dropout, same distribution
-                noise = fast_keep_mask(attn.shape, keep, attn.device).to(attn.dtype)
+                mask = fast_keep_mask(attn.shape, keep, attn.device)
+                noise = mask.to(attn.dtype)
             else:
                 noise = torch.empty_like(attn).bernoulli_(keep)  # what at::dropout draws, in the same order
-            kept.append(_pack_bits(noise.bool()))
+                mask = noise.bool()
+            kept.append(_pack_bits(mask))
             out[heads, rows] = torch.matmul(attn.mul_(noise.div_(keep)), vs[heads])
         ctx.save_for_backward(q, k, v, key_mask, *kept)
         ctx.dropout_p, ctx.scale, ctx.budget = dropout_p, scale, budget

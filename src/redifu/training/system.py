@@ -144,8 +144,7 @@ class ReDiFuSystem(L.LightningModule):
         self.save_hyperparameters()
         self.model = ReDiFu(ReDiFuConfig.from_dict(model_config))
         self.training_config = TrainingConfig(**training)
-        self.model.set_activation_checkpointing(self.training_config.activation_checkpointing)
-        self.model.set_fast_dropout(self.training_config.fast_dropout)
+        self.model.set_training_options(self.training_config)
         self.steps_per_epoch = max(1, steps_per_epoch)
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.register_buffer("class_weights", weights, persistent=False)
