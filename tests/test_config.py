@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from redifu.config import ExperimentConfig, dump_config, load_config, parse_override
-from redifu.model import ConfigError
+from redifu.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

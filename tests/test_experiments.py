@@ -16,7 +16,7 @@ from redifu.experiments.grid import load_grid
 from redifu.experiments.results_page import write_results
 from redifu.experiments.runner import cell_finished, load_records, run_grid
 from redifu.experiments.stats import paired_difference, weighted_f1
-from redifu.model import ConfigError
+from redifu.errors import ConfigError
 
 from conftest import TINY_DATA_OVERRIDES, TINY_MODEL_OVERRIDES
 

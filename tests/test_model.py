@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import TINY_DIMS, make_tiny_config
 from redifu.data.batching import DialogueDataset, collate_dialogues
+from redifu.config import load_config
 from redifu.model import ConfigError, ReDiFu, ReDiFuConfig, ReDiFuOutput
+from redifu.training.loss import redifu_loss
 
 MODALITY_SETS = [("text",), ("text", "audio"), ("text", "visual"), ("text", "audio", "visual")]
 COMPONENTS = list(itertools.product(["off", "dual", "temporal"], ["off", "modality", "modality+cross"],
@@ -174,3 +177,59 @@ def test_graph_on_text_only(tiny_corpus):
     out = model(batch.features, batch.speakers, batch.mask, return_attention=True)
     assert torch.isfinite(out.logits).all()
     assert int(out.graph_attention.edge_type.max()) < 5  # text's own speaker relations only
+
+
+CONFIG_FILES = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
+def test_every_built_parameter_gets_a_gradient_under_each_shipped_config(tiny_corpus, path):
+    """Plain DDP refuses parameters without a gradient: a config builds only what its loss reads."""
+    assert CONFIG_FILES, "no shipped configs found"
+    experiment = load_config(path)
+    modalities = experiment.data.modalities or tuple(TINY_DIMS)
+    config = experiment.model_config(modality_dims={m: TINY_DIMS[m] for m in modalities}, num_classes=6,
+                                     num_speakers=2)
+    torch.manual_seed(0)
+    model = ReDiFu(config).train()
+    batch = _batch_for(tiny_corpus, modalities)
+    loss, _ = redifu_loss(model(batch.features, batch.speakers, batch.mask), batch.labels,
+                          aux_weight=experiment.training.aux_loss_weight)
+    loss.backward()
+    names = [name for name, _ in model.named_parameters()]
+    assert names
+    missing = [name for name, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"{path.name}: no gradient for {missing[:5]}"
+
+
+def test_logit_weights_build_no_fused_classifier_or_projection():
+    model = ReDiFu(_config(TINY_DIMS, fusion="symmetric", logit_weights={"text": 1.0, "audio": 1.0}))
+    assert model.classifier is None and model.fusion.concat.proj is None
+    assert ReDiFu(_config(TINY_DIMS, fusion="symmetric")).fusion.concat.proj is not None
+
+
+def test_constant_training_feature_gets_scale_one(tiny_config):
+    model = ReDiFu(tiny_config)
+    d = TINY_DIMS["audio"]
+    std = torch.full((d,), 2.0)
+    std[3] = 0.0
+    model.set_feature_statistics({"audio": (torch.zeros(d), std)})
+    assert model.encoders["audio"].feature_std[3] == 1.0
+    assert model.encoders["audio"].feature_std[0] == 2.0
+
+
+def test_no_positions_means_no_rotary_in_the_fusion():
+    config = make_tiny_config(position_encoding="none")
+    assert config.cross_rotary is False
+    assert all(block.rotary is None for block in ReDiFu(config).fusion.layers[0].cross.values())
+    assert make_tiny_config().cross_rotary is True
+    with pytest.raises(ConfigError, match="model.cross_rotary"):
+        make_tiny_config(position_encoding="none", cross_rotary=True)
+
+
+@pytest.mark.parametrize("denoiser,heads", [("dual", 4), ("temporal", 8)])
+def test_odd_rotary_head_size_of_the_denoiser_is_a_config_error(denoiser, heads):
+    # hidden 24: dual head size 24 / 4 / 2 = 3, temporal 24 / 8 = 3
+    with pytest.raises(ConfigError, match="model.denoiser_heads"):
+        make_tiny_config(hidden_size=24, num_heads=2, position_encoding="rotary", denoiser=denoiser,
+                         denoiser_heads=heads)

@@ -8,9 +8,6 @@ section of the experiment config, the evaluation batch size, the data fingerprin
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -18,16 +15,16 @@ from typing import Any, Mapping, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from redifu.model import ConfigError, ReDiFu, ReDiFuConfig
+from redifu.errors import CheckpointError, ConfigError
+from redifu.files import atomic_directory, recover_directory, write_json_atomic
+from redifu.model import ReDiFu, ReDiFuConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 LABELS_FILE = "labels.json"
 RUN_FILE = "run.json"
 
-
-class CheckpointError(ValueError):
-    """A checkpoint directory that is missing files or does not match its config."""
+__all__ = ["Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint", "write_json_atomic"]
 
 
 @dataclass
@@ -39,20 +36,6 @@ class Checkpoint:
     run: dict[str, Any] = field(default_factory=dict)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=2, sort_keys=False)
-            stream.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(
     directory: str | Path,
     model: ReDiFu,
@@ -61,31 +44,18 @@ def save_checkpoint(
 ) -> Path:
     """Save ``model`` to ``directory`` atomically (a complete directory or none at all)."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-    try:
+    with atomic_directory(directory) as staging:
         (staging / CONFIG_FILE).write_text(model.config.to_json() + "\n")
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt", "library": "redifu"})
         (staging / LABELS_FILE).write_text(json.dumps(list(classes), indent=2) + "\n")
         (staging / RUN_FILE).write_text(json.dumps(dict(run or {}), indent=2) + "\n")
-        if directory.exists():
-            backup = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            os.replace(directory, backup)
-            os.replace(staging, directory)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return directory
 
 
 def load_checkpoint(directory: str | Path, *, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Rebuild the model from ``config.json`` and load ``model.safetensors`` strictly."""
-    directory = Path(directory)
+    directory = recover_directory(directory)
     for name in (CONFIG_FILE, WEIGHTS_FILE, LABELS_FILE):
         if not (directory / name).is_file():
             raise CheckpointError(f"{directory}: not a redifu checkpoint ({name} is missing)")

@@ -41,7 +41,7 @@ class UsageError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from redifu.checkpoint import CheckpointError
     from redifu.data.dialogue import DataError
-    from redifu.model import ConfigError
+    from redifu.errors import ConfigError
 
     return (UsageError, ConfigError, DataError, CheckpointError, FileNotFoundError)
 

@@ -18,7 +18,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from redifu.model import ConfigError, ReDiFuConfig
+from redifu.errors import ConfigError
+from redifu.model import ReDiFuConfig
 
 class _Loader(yaml.SafeLoader):
     """Safe YAML with YAML 1.2 booleans: only true/false are booleans, so ``denoiser: off``
@@ -76,7 +77,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.modalities is not None:
-            from redifu.data.dialogue import MODALITIES
+            from redifu.errors import MODALITIES
 
             unknown = [m for m in self.modalities if m not in MODALITIES]
             if unknown:

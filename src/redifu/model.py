@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from redifu.data.dialogue import MODALITIES
+from redifu.errors import MODALITIES, ConfigError
 from redifu.nn.differential_attention import DifferentialDenoiser
 from redifu.nn.fusion import FUSIONS, build_fusion
 from redifu.nn.positional import SinusoidalPositionalEncoding
@@ -33,10 +33,6 @@ from redifu.nn.relation_graph import GraphAttention, RelationGraph
 DENOISERS = ("off", "dual", "temporal")
 GRAPHS = ("off", "modality", "modality+cross")
 POSITION_ENCODINGS = ("none", "sinusoidal", "rotary")
-
-
-class ConfigError(ValueError):
-    """An invalid configuration value; the message names the key."""
 
 
 @dataclass(frozen=True)
@@ -70,12 +66,14 @@ class ReDiFuConfig:
         fusion: ``concat``, ``symmetric`` or ``text_guided``.
         fusion_layers: Depth of the fusion stack.
         cross_rotary: Rotary positions in the cross-modal attention of the fusion, so that a
-            text query can locate its own utterance among the audio/visual keys.
+            text query can locate its own utterance among the audio/visual keys. ``None`` (the
+            default): on, unless ``position_encoding`` is ``none`` (then no stage sees positions).
         fusion_aligned: In text-guided fusion, add each utterance's own audio/visual vector to
             what the cross-attention brings before the gate.
         ffn_mult: Feed-forward hidden size as a multiple of ``hidden_size``.
         logit_weights: If set, the prediction is the weighted sum of the per-modality logits
-            with these fixed weights (the authors' recipe) instead of the fused classifier.
+            with these fixed weights (the authors' recipe) instead of the fused classifier, and
+            neither the fused classifier nor the fusion's fused projection is built.
     """
 
     modality_dims: Mapping[str, int]
@@ -99,7 +97,7 @@ class ReDiFuConfig:
     speaker_aware: bool = True
     fusion: str = "text_guided"
     fusion_layers: int = 2
-    cross_rotary: bool = True
+    cross_rotary: bool | None = None
     fusion_aligned: bool = True
     ffn_mult: float = 2.0
     logit_weights: Mapping[str, float] | None = None
@@ -119,6 +117,11 @@ class ReDiFuConfig:
             object.__setattr__(self, "graph_modalities", tuple(self.graph_modalities))
         if self.logit_weights is not None:
             object.__setattr__(self, "logit_weights", {k: float(v) for k, v in self.logit_weights.items()})
+        if self.cross_rotary is True and self.position_encoding == "none":
+            raise ConfigError("model.cross_rotary: position_encoding 'none' turns positions off everywhere; "
+                              "cross_rotary=true contradicts it, got True")
+        if self.cross_rotary is None:
+            object.__setattr__(self, "cross_rotary", self.position_encoding != "none")
         self._validate()
 
     def _validate(self) -> None:
@@ -141,6 +144,11 @@ class ReDiFuConfig:
                  f"2 x heads must divide hidden_size ({self.hidden_size}) for the dual denoiser")
         else:
             need(self.hidden_size % heads == 0, "denoiser_heads", "must divide hidden_size")
+        if self.denoiser != "off" and self.position_encoding == "rotary":
+            head_dim = self.hidden_size // heads // (2 if self.denoiser == "dual" else 1)
+            need(head_dim % 2 == 0, "denoiser_heads",
+                 f"rotary positions need an even denoiser head size (hidden_size / heads"
+                 f"{' / 2' if self.denoiser == 'dual' else ''} = {head_dim})")
         if self.position_encoding == "rotary" or self.cross_rotary:
             need((self.hidden_size // self.num_heads) % 2 == 0, "num_heads", "rotary needs an even head size")
         need(all(m in MODALITIES for m in self.denoise_modalities), "denoise_modalities",
@@ -291,8 +299,11 @@ class ReDiFu(nn.Module):
             rotary=rotary,
             cross_rotary=config.cross_rotary,
             aligned=config.fusion_aligned,
+            fused_output=config.logit_weights is None,
         )
-        self.classifier = nn.Sequential(
+        # Only the parts a config uses are built: with fixed logit weights the fused classifier
+        # would get no gradient (and plain DDP refuses parameters without one).
+        self.classifier = None if config.logit_weights is not None else nn.Sequential(
             nn.Linear(dim, dim), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(dim, config.num_classes)
         )
         self.modality_classifiers = nn.ModuleDict({m: nn.Linear(dim, config.num_classes) for m in config.modalities})
@@ -307,7 +318,7 @@ class ReDiFu(nn.Module):
         for module in (*self.denoisers.values(), self.graph, self.fusion):
             if module is not None:
                 module.reset_parameters()
-        for module in (*self.classifier, *self.modality_classifiers.values()):
+        for module in (*(self.classifier or ()), *self.modality_classifiers.values()):
             if isinstance(module, nn.Linear):
                 module.reset_parameters()
 
@@ -317,7 +328,10 @@ class ReDiFu(nn.Module):
         for modality, (mean, std) in statistics.items():
             encoder = self.encoders[modality]
             encoder.feature_mean.copy_(torch.as_tensor(mean, dtype=encoder.feature_mean.dtype))
-            encoder.feature_std.copy_(torch.as_tensor(std, dtype=encoder.feature_std.dtype).clamp_min(1e-6))
+            std = torch.as_tensor(std, dtype=encoder.feature_std.dtype)
+            # A feature constant in training carries nothing: scale 1 keeps it from being
+            # multiplied by 1e6 when it varies at test time.
+            encoder.feature_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
 
     def set_activation_checkpointing(self, enabled: bool = True) -> "ReDiFu":
         """Recompute each denoiser, graph and fusion layer's activations in backward instead of

@@ -223,6 +223,57 @@ def test_identical_halves_give_scaled_single_map(rotary: bool) -> None:
     torch.testing.assert_close(heads, (1 - lam) * single, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("rotary", [False, True])
+@pytest.mark.parametrize("fast_dropout", [False, True])
+@pytest.mark.parametrize("draw", range(5))
+def test_identical_halves_give_scaled_single_map_in_training(rotary: bool, fast_dropout: bool, draw: int) -> None:
+    """With dropout on, the difference still cancels: identical halves give (1 - lambda) times
+    single-map attention *with the same dropout draw*, before the per-head normalisation.
+    Independent masks per map (the defect of issue 11) break this for every draw."""
+    module = DifferentialAttention(dim=DIM, num_heads=HEADS, rotary=rotary, dropout=0.5).train()
+    module.fast_dropout = fast_dropout
+    H, d = HEADS, module.head_dim
+    with torch.no_grad():
+        for proj in (module.q_proj, module.k_proj):
+            w = proj.weight.view(H, 2, d, DIM)
+            w[:, 1] = w[:, 0]
+        module.lambda_q1.normal_(0, 0.5)
+    x, mask = make_batch([7, 4])
+    with torch.no_grad():
+        torch.manual_seed(100 + draw)
+        heads, _ = module._attend(x, mask)
+        after = torch.get_rng_state()
+        a1, _, lam, v = reference_maps(module, x, mask)
+        torch.manual_seed(100 + draw)
+        module.eval()
+        clean, _ = module._attend(x, mask)
+        module.train()
+    assert not torch.allclose(heads, clean, atol=1e-3)  # dropout did act
+    # the single map with one draw of the same mask, as the layer's kernel draws it
+    torch.manual_seed(100 + draw)
+    from redifu.nn.memory_efficient_attention import masked_attention
+
+    with torch.no_grad():
+        q1 = rotate(module, linear(module.q_proj, x).view(*x.shape[:2], H, 2, d)[:, :, :, 0].transpose(1, 2))
+        k1 = rotate(module, linear(module.k_proj, x).view(*x.shape[:2], H, 2, d)[:, :, :, 0].transpose(1, 2))
+        single = masked_attention(q1, k1, v, mask, dropout_p=0.5, scale=module.scale, fast_dropout=fast_dropout)
+    assert torch.equal(torch.get_rng_state(), after)  # one draw's worth of random numbers
+    torch.testing.assert_close(heads, (1 - lam) * single, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_training_dropout_acts_on_the_differential_map(variant: str) -> None:
+    """The fused training path equals ``dropout(A1 - lambda A2) @ v`` with the same draw."""
+    module = make_attention(variant, dropout=0.4).train()
+    x, mask = make_batch([6, 3, 1])
+    with torch.no_grad():
+        torch.manual_seed(7)
+        fused, _ = module._attend(x, mask)
+        torch.manual_seed(7)
+        explicit, _ = module._attend(x, mask, return_maps=True)
+    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
+
+
 # --------------------------------------------------------------------------- masking, padding
 
 

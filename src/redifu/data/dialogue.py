@@ -13,17 +13,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-MODALITIES: tuple[str, ...] = ("text", "audio", "visual")
-"""Known modalities, in canonical order. Text is always the main stream."""
+from redifu.errors import IGNORE_LABEL, MODALITIES, SPLITS, DataError
 
-SPLITS: tuple[str, ...] = ("train", "dev", "test")
-
-IGNORE_LABEL = -100
-"""Label value for utterances without a gold emotion (and for padding)."""
-
-
-class DataError(ValueError):
-    """Invalid input data; the message names the source, dialogue and field at fault."""
+__all__ = ["IGNORE_LABEL", "MODALITIES", "SPLITS", "DataError", "DatasetMetadata", "Dialogue", "DialogueCorpus",
+           "label_counts", "validate_dialogue"]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from redifu.config import _yaml_load
 from redifu.experiments.corruption import KINDS, Corruption
-from redifu.model import ConfigError
+from redifu.errors import ConfigError
 
 SECTIONS = ("ablation", "speaker_graph", "robustness")
 QUICK_SYNTHETIC = ("data.synthetic.train_dialogues=12", "data.synthetic.dev_dialogues=4",

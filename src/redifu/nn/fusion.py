@@ -22,12 +22,13 @@ class FusionOutput:
     """What a fusion module returns.
 
     Attributes:
-        fused: ``(B, N, D)`` fused utterance representation.
+        fused: ``(B, N, D)`` fused utterance representation, or ``None`` for a fusion built with
+            ``fused_output=False`` (a model that reads only the per-modality streams).
         streams: per modality ``(B, N, D)``, after intra- and cross-modal attention.
         attention: named attention maps ``(B, H, N, N)`` and gates ``(B, N, D)``, when requested.
     """
 
-    fused: Tensor
+    fused: Tensor | None
     streams: dict[str, Tensor]
     attention: dict[str, Tensor] = field(default_factory=dict)
 
@@ -46,24 +47,31 @@ class ConcatFusion(nn.Module):
         dim (int): Model size ``D``.
         modalities (tuple[str, ...]): Modality names, text first.
         dropout (float, optional): Dropout on the fused vector. (default: ``0.0``)
+        fused_output (bool, optional): Build the projection that makes the fused vector; without
+            it (``False``) the module passes the streams through and returns ``fused=None``.
+            (default: ``True``)
 
     Shapes:
         - streams: per modality ``(B, N, D)``; mask ``(B, N)`` -> fused ``(B, N, D)``
     """
 
-    def __init__(self, *, dim: int, modalities: tuple[str, ...], dropout: float = 0.0) -> None:
+    def __init__(self, *, dim: int, modalities: tuple[str, ...], dropout: float = 0.0,
+                 fused_output: bool = True) -> None:
         super().__init__()
         _check_modalities(modalities)
         self.modalities = modalities
-        self.proj = nn.Linear(dim * len(modalities), dim)
-        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim * len(modalities), dim) if fused_output else None
+        self.norm = nn.LayerNorm(dim) if fused_output else None
         self.dropout = nn.Dropout(dropout)
 
     def reset_parameters(self) -> None:
-        self.proj.reset_parameters()
-        self.norm.reset_parameters()
+        if self.proj is not None:
+            self.proj.reset_parameters()
+            self.norm.reset_parameters()
 
     def forward(self, streams: dict[str, Tensor], mask: Tensor, *, return_attention: bool = False) -> FusionOutput:
+        if self.proj is None:
+            return FusionOutput(fused=None, streams=dict(streams))
         stacked = torch.cat([streams[m] for m in self.modalities], dim=-1)  # (B, N, M*D)
         fused = self.norm(self.dropout(self.proj(stacked)))
         return FusionOutput(fused=fused, streams=dict(streams))
@@ -86,6 +94,8 @@ class SymmetricFusion(nn.Module):
         rotary (bool, optional): Rotary positions in the self-attention. (default: ``False``)
         cross_rotary (bool, optional): Rotary positions in the cross-modal attention.
             (default: ``False``)
+        fused_output (bool, optional): Build the projection of the concatenated streams that
+            makes the fused vector (``False``: ``fused=None``). (default: ``True``)
 
     Shapes:
         - streams: per modality ``(B, N, D)``; mask ``(B, N)`` -> fused ``(B, N, D)``
@@ -102,6 +112,7 @@ class SymmetricFusion(nn.Module):
         ffn_mult: float = 2.0,
         rotary: bool = False,
         cross_rotary: bool = False,
+        fused_output: bool = True,
     ) -> None:
         super().__init__()
         _check_modalities(modalities)
@@ -126,7 +137,7 @@ class SymmetricFusion(nn.Module):
             nn.ModuleDict({m: nn.LayerNorm(dim) for m in modalities}) for _ in range(num_layers)
         )
         self.dropout = nn.Dropout(dropout)
-        self.concat = ConcatFusion(dim=dim, modalities=modalities, dropout=dropout)
+        self.concat = ConcatFusion(dim=dim, modalities=modalities, dropout=dropout, fused_output=fused_output)
         self.activation_checkpointing = False  # see redifu.nn.checkpointing
 
     def reset_parameters(self) -> None:
@@ -194,23 +205,28 @@ class DiffusionLayer(nn.Module):
             {m: TransformerBlock(dim=dim, num_heads=num_heads, dropout=dropout, ffn_mult=ffn_mult, rotary=rotary)
              for m in modalities}
         )
-        self.query_norm = nn.LayerNorm(dim)
+        # With text alone there is nothing to diffuse: only the self-attention is built.
+        self.query_norm = nn.LayerNorm(dim) if self.auxiliary else None
         self.context_norms = nn.ModuleDict({m: nn.LayerNorm(dim) for m in self.auxiliary})
         self.cross = nn.ModuleDict(
             {m: MultiHeadAttention(dim=dim, num_heads=num_heads, dropout=dropout, rotary=cross_rotary)
              for m in self.auxiliary}
         )
         self.gates = nn.ModuleDict({m: nn.Linear(2 * dim, dim) for m in self.auxiliary})
-        self.ffn_norm = nn.LayerNorm(dim)
-        self.ffn = FeedForward(dim=dim, mult=ffn_mult, dropout=dropout)
+        self.ffn_norm = nn.LayerNorm(dim) if self.auxiliary else None
+        self.ffn = FeedForward(dim=dim, mult=ffn_mult, dropout=dropout) if self.auxiliary else None
         self.dropout = nn.Dropout(dropout)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for module in (*self.self_blocks.values(), *self.cross.values(), self.ffn):
+        for module in (*self.self_blocks.values(), *self.cross.values()):
             module.reset_parameters()
-        for norm in (self.query_norm, self.ffn_norm, *self.context_norms.values()):
+        for norm in self.context_norms.values():
             norm.reset_parameters()
+        if self.auxiliary:
+            self.ffn.reset_parameters()
+            self.query_norm.reset_parameters()
+            self.ffn_norm.reset_parameters()
         for gate in self.gates.values():
             nn.init.xavier_uniform_(gate.weight)
             nn.init.zeros_(gate.bias)
@@ -264,6 +280,8 @@ class TextGuidedFusion(nn.Module):
             (default: ``False``)
         aligned (bool, optional): Add each utterance's own audio/visual vector to what the
             cross-attention brings before gating. (default: ``True``)
+        fused_output (bool, optional): Build the final normalisation that makes the fused vector
+            (``False``: ``fused=None``). (default: ``True``)
 
     Shapes:
         - streams: per modality ``(B, N, D)``; mask ``(B, N)`` -> fused ``(B, N, D)``
@@ -281,6 +299,7 @@ class TextGuidedFusion(nn.Module):
         rotary: bool = False,
         cross_rotary: bool = False,
         aligned: bool = True,
+        fused_output: bool = True,
     ) -> None:
         super().__init__()
         _check_modalities(modalities)
@@ -294,20 +313,22 @@ class TextGuidedFusion(nn.Module):
             )
             for _ in range(num_layers)
         )
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim) if fused_output else None
         self.activation_checkpointing = False  # see redifu.nn.checkpointing
 
     def reset_parameters(self) -> None:
         for layer in self.layers:
             layer.reset_parameters()
-        self.norm.reset_parameters()
+        if self.norm is not None:
+            self.norm.reset_parameters()
 
     def forward(self, streams: dict[str, Tensor], mask: Tensor, *, return_attention: bool = False) -> FusionOutput:
         maps: dict[str, Tensor] = {}
         for index, layer in enumerate(self.layers):
             streams, layer_maps = run_layer(self, layer, streams, mask, return_attention=return_attention)
             maps.update({f"layer{index}.{name}": value for name, value in layer_maps.items()})
-        return FusionOutput(fused=self.norm(streams["text"]), streams=streams, attention=maps)
+        fused = self.norm(streams["text"]) if self.norm is not None else None
+        return FusionOutput(fused=fused, streams=streams, attention=maps)
 
 
 def build_fusion(
@@ -322,13 +343,14 @@ def build_fusion(
     rotary: bool = False,
     cross_rotary: bool = False,
     aligned: bool = True,
+    fused_output: bool = True,
 ) -> nn.Module:
     """Fusion module by name: one of :data:`FUSIONS`."""
     if kind == "concat":
-        return ConcatFusion(dim=dim, modalities=modalities, dropout=dropout)
+        return ConcatFusion(dim=dim, modalities=modalities, dropout=dropout, fused_output=fused_output)
     common = dict(
         dim=dim, modalities=modalities, num_layers=num_layers, num_heads=num_heads,
-        dropout=dropout, ffn_mult=ffn_mult, rotary=rotary, cross_rotary=cross_rotary,
+        dropout=dropout, ffn_mult=ffn_mult, rotary=rotary, cross_rotary=cross_rotary, fused_output=fused_output,
     )
     if kind == "symmetric":
         return SymmetricFusion(**common)

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ChunkedDropoutAttention", "chunked_dropout_is_exact", "fast_keep_mask", "masked_attention"]
+__all__ = ["ChunkedDropoutAttention", "chunked_dropout_is_exact", "fast_keep_mask", "masked_attention",
+           "masked_attention_pair"]
 
 # Elements of one chunk of the attention map (16 MiB in fp32): large enough that the Python
 # loop costs little against the matrix products, small against the rest of a training step.
@@ -243,3 +244,52 @@ def masked_attention(
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=dropout_p, is_causal=False, scale=scale
     )
+
+
+def _rng_state(device: torch.device) -> Tensor:
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(device: torch.device, state: Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
+def masked_attention_pair(
+    first: tuple[Tensor, Tensor, Tensor],
+    second: tuple[Tensor, Tensor, Tensor],
+    v: Tensor,
+    *,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    fast_dropout: bool = False,
+) -> tuple[Tensor, Tensor]:
+    r"""Two attentions over the same values with **one** dropout mask: ``(m * A1) v`` and ``(m * A2) v``.
+
+    ``first`` and ``second`` are ``(q, k, key_mask)`` triples of the same shapes. Their
+    difference is then ``(m * (A1 - lambda A2)) v``: dropout of the differential map itself, so
+    the noise that both maps share still cancels in training. Both calls draw the same mask
+    because the second one replays the random state the first one started from (the draws
+    depend on that state and the map's shape only, on the CPU and in CUDA's Philox kernels);
+    the generator ends where one draw leaves it.
+
+    Shapes:
+        - q: ``(B, H, N, d)``; k: ``(B, H, M, d)``; v: ``(B, H, M, e)``; key_mask: ``(B, M)`` bool
+        - output: two ``(B, H, N, e)`` tensors
+    """
+    (q1, k1, mask1), (q2, k2, mask2) = first, second
+    if q1.shape != q2.shape or k1.shape != k2.shape:
+        raise ValueError(f"both attentions need the same shapes, got q {tuple(q1.shape)}/{tuple(q2.shape)}, "
+                         f"k {tuple(k1.shape)}/{tuple(k2.shape)}")
+    options = dict(dropout_p=dropout_p, scale=scale, fast_dropout=fast_dropout)
+    if dropout_p == 0.0:
+        return masked_attention(q1, k1, v, mask1, **options), masked_attention(q2, k2, v, mask2, **options)
+    start = _rng_state(q1.device)
+    o1 = masked_attention(q1, k1, v, mask1, **options)
+    end = _rng_state(q1.device)
+    _set_rng_state(q1.device, start)
+    o2 = masked_attention(q2, k2, v, mask2, **options)
+    _set_rng_state(q1.device, end)
+    return o1, o2

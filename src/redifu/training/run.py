@@ -35,7 +35,7 @@ from redifu.config import ExperimentConfig, dump_config
 from redifu.data.batching import feature_statistics
 from redifu.data.dialogue import DialogueCorpus
 from redifu.data.loading import fingerprint, load_corpus
-from redifu.model import ConfigError
+from redifu.errors import ConfigError
 from redifu.training.evaluation import evaluate_split
 from redifu.training.loss import inverse_frequency_weights
 from redifu.training.metrics import format_report
@@ -194,7 +194,10 @@ def train(
         deterministic = "warn"  # scatter kernels on GPUs have no deterministic implementation
     strategy = training.strategy
     if training.devices > 1 and strategy == "auto":
-        strategy = "ddp"
+        # Every built parameter gets a gradient (the model builds only what its config uses),
+        # except the per-modality classifiers when no loss reads them.
+        unread = training.aux_loss_weight == 0 and set(model_config.logit_weights or ()) != set(model_config.modalities)
+        strategy = "ddp_find_unused_parameters_true" if unread else "ddp"
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=training.devices,
