@@ -193,11 +193,25 @@ def test_grid_runs_resumes_and_writes_the_results_page(tmp_path):
     written = write_results(grid, output, tmp_path / "docs", command="redifu experiment --grid grid.yaml",
                             machine="test")
     page = (tmp_path / "docs" / "RESULTS.md").read_text()
-    assert {p.name for p in written} == {"RESULTS.md", "robustness_test-time.png", "robustness_train-and-test.png",
-                                        "speaker_graph.png"}
+    assert {p.name for p in written} == {"RESULTS.md", "results-summary.json", "robustness_test-time.png",
+                                        "robustness_train-and-test.png", "speaker_graph.png"}
     assert "from 5 of 5 cells" in page and "## Summary" in page and "Claim 1" in page
     assert "| graph off |" in page and "full − denoiser off at -10 dB" in page
     assert "n/a" not in page.split("## Provenance")[0]
+    assert "(before," not in page
+
+    # a rerun against that summary shows the earlier figure beside each comparison
+    summary = json.loads((tmp_path / "docs" / "results-summary.json").read_text())
+    claim1 = next(title for title in summary["claims"] if title.startswith("Claim 1"))
+    label, first = next(iter(summary["claims"][claim1]["comparisons"].items()))
+    earlier = tmp_path / "earlier.json"
+    summary["claims"][claim1]["comparisons"][label] = dict(first, mean=9.87, low=9.5, high=10.25, verdict="better")
+    earlier.write_text(json.dumps(summary))
+    grid.earlier = {"summary": str(earlier), "note": "the old run"}
+    write_results(grid, output, tmp_path / "docs", command="redifu experiment --grid grid.yaml", machine="test")
+    page = (tmp_path / "docs" / "RESULTS.md").read_text()
+    assert f"- {label}: " in page and "(before, the old run: +9.87 [+9.50, +10.25] → better)" in page
+    assert "Before (the old run): held" in page
 
 
 def test_unfinished_evaluations_are_added_without_retraining(tmp_path):

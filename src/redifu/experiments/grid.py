@@ -4,7 +4,9 @@ A grid file (see ``grids/results.yaml``) names its datasets (a config file, an o
 path), its variants (lists of ``key=value`` overrides), the seeds, overrides for every cell, and
 three sections: ``ablation`` and ``speaker_graph`` (lists of ``{datasets, variants}``) and
 ``robustness`` (one dataset; variants evaluated on corrupted test features, and variants
-trained *and* tested on corrupted features). A cell is one training run: (dataset, variant,
+trained *and* tested on corrupted features). An optional ``earlier`` (``{summary: FILE, note:
+TEXT}``) names the summary of an earlier version of the page, which the page then shows beside
+each comparison. A cell is one training run: (dataset, variant,
 training corruption, seed). Cells that several sections need are planned once.
 """
 
@@ -75,6 +77,7 @@ class Grid:
     robustness: dict[str, Any] = field(default_factory=dict)
     corruption_seed: int = 1234
     source: str = "<memory>"
+    earlier: dict[str, str] = field(default_factory=dict)
 
     def quick(self) -> "Grid":
         """One seed, tiny synthetic presets, two epochs of a tiny model: checks the pipeline only."""
@@ -175,7 +178,7 @@ def load_grid(path: str | Path) -> Grid:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: expected a mapping")
     unknown = sorted(set(raw) - {"seeds", "overrides", "datasets", "variants", "baseline", "corruption_seed",
-                                 *SECTIONS})
+                                 "earlier", *SECTIONS})
     if unknown:
         raise ConfigError(f"{where}: {unknown[0]}: unknown key")
     datasets = {}
@@ -198,6 +201,11 @@ def load_grid(path: str | Path) -> Grid:
                 corruption_seed=int(raw.get("corruption_seed", 1234)), source=where)
     grid.ablation = _blocks(raw.get("ablation"), f"{where}: ablation", grid)
     grid.speaker_graph = _blocks(raw.get("speaker_graph"), f"{where}: speaker_graph", grid)
+    earlier = raw.get("earlier") or {}
+    if earlier:
+        if not isinstance(earlier, Mapping) or set(earlier) - {"summary", "note"} or "summary" not in earlier:
+            raise ConfigError(f"{where}: earlier: expected a mapping with summary (a file) and note")
+        grid.earlier = {"summary": str(earlier["summary"]), "note": str(earlier.get("note", "earlier results"))}
     robustness = raw.get("robustness") or {}
     if robustness:
         _check_robustness(robustness, grid, f"{where}: robustness")

@@ -2,10 +2,16 @@
 
 Everything on the page is computed from the cells' ``cell.json`` and ``predictions.npz``; nothing
 is typed in by hand. Cells not finished yet show as ``n/a`` and are counted in the header.
+
+Beside the page, ``results-summary.json`` keeps each claim's comparisons (difference, interval,
+verdict). A grid whose ``earlier`` names such a file from an earlier version of the page gets
+that version's figure beside each comparison, so a rerun says what changed.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -17,6 +23,7 @@ from redifu.experiments.corruption import LEVEL_NAMES, Corruption
 from redifu.experiments.grid import Grid
 from redifu.experiments.runner import load_records
 from redifu.experiments.stats import Difference, paired_difference
+from redifu.files import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 METRICS = (("test", "weighted_f1"), ("test", "accuracy"), ("test", "macro_f1"), ("dev", "weighted_f1"))
 SPEAKER_METRICS = (("test", "weighted_f1"), ("test", "macro_f1"), ("dev", "weighted_f1"))
@@ -25,9 +32,11 @@ SPEAKER_METRICS = (("test", "weighted_f1"), ("test", "macro_f1"), ("dev", "weigh
 class Results:
     """Finished cells of a grid, with lookups by (dataset, variant, training corruption)."""
 
-    def __init__(self, grid: Grid, output: Path) -> None:
+    def __init__(self, grid: Grid, output: Path, earlier: dict | None = None) -> None:
         self.grid = grid
         self.cells, self.records = load_records(grid, output)
+        self.earlier = earlier or {}  # an earlier page's summary (results-summary.json)
+        self.summary: dict[str, dict] = {}  # this page's, filled while the summary is written
         self.by_group: dict[tuple, list[dict]] = defaultdict(list)
         for cell in self.cells:
             record = self.records.get(cell.key)
@@ -152,6 +161,9 @@ def _claim(results: Results, title: str, comparisons: Sequence[tuple[str, str, s
     lines = [f"\n**{title}**\n"]
     tally = defaultdict(int)
     found = []
+    record: dict[str, Any] = {"comparisons": {}}
+    before = results.earlier.get("claims", {}).get(title, {})
+    note = results.earlier.get("note", "earlier")
     for dataset, a, b, extra in comparisons:
         difference = results.difference(dataset, a, b, **extra)
         if difference is None:
@@ -164,13 +176,26 @@ def _claim(results: Results, title: str, comparisons: Sequence[tuple[str, str, s
             condition = f"trained and tested with {extra['train'].name}"
         elif condition != "clean":
             condition = f"test features corrupted, {condition}"
-        lines.append(f"- {a} − {b}, {where} ({condition}): {difference} → {difference.verdict}")
+        label = f"{a} − {b}, {where} ({condition})"
+        record["comparisons"][label] = {"mean": difference.mean, "low": difference.low, "high": difference.high,
+                                        "verdict": difference.verdict}
+        line = f"- {label}: {difference} → {difference.verdict}"
+        old = before.get("comparisons", {}).get(label)
+        if old is not None:
+            old_difference = Difference(old["mean"], old["low"], old["high"])
+            line += f" (before, {note}: {old_difference} → {old_difference.verdict})"
+        lines.append(line)
     if found:
         best = max(found, key=lambda d: d.mean)
         worst = min(found, key=lambda d: d.mean)
-        lines.insert(1, f"In short: held (interval above zero) in {tally['better']} of {len(found)} comparisons, "
-                        f"reversed in {tally['worse']}, unresolved in {tally['no clear difference']}; "
-                        f"differences range from {worst.mean:+.2f} to {best.mean:+.2f} weighted F1.\n")
+        record["in_short"] = (f"held (interval above zero) in {tally['better']} of {len(found)} comparisons, "
+                              f"reversed in {tally['worse']}, unresolved in {tally['no clear difference']}; "
+                              f"differences range from {worst.mean:+.2f} to {best.mean:+.2f} weighted F1.")
+        short = f"In short: {record['in_short']}"
+        if before.get("in_short"):
+            short += f"\n\nBefore ({note}): {before['in_short']}"
+        lines.insert(1, short + "\n")
+    results.summary[title] = record
     return lines
 
 
@@ -293,9 +318,9 @@ def _plot_speaker(results: Results, path: Path) -> bool:
 
 
 def _save(figure: Any, path: Path) -> None:
-    temporary = path.with_name(path.stem + ".tmp.png")
-    figure.savefig(temporary, dpi=110)
-    temporary.replace(path)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _provenance(results: Results) -> list[str]:
@@ -316,7 +341,13 @@ def _provenance(results: Results) -> list[str]:
 
 def write_results(grid: Grid, output: Path, directory: Path, *, command: str, machine: str) -> list[Path]:
     """Write ``directory/RESULTS.md`` and its plots from the finished cells under ``output``."""
-    results = Results(grid, output)
+    earlier = {}
+    if grid.earlier:
+        earlier_path = Path(grid.earlier["summary"])
+        if not earlier_path.is_file():
+            raise FileNotFoundError(f"{earlier_path}: the grid's earlier summary is missing")
+        earlier = dict(json.loads(earlier_path.read_text()), note=grid.earlier["note"])
+    results = Results(grid, output, earlier)
     directory.mkdir(parents=True, exist_ok=True)
     finished, total = len(results.records), len(results.cells)
     written = []
@@ -384,7 +415,8 @@ def write_results(grid: Grid, output: Path, directory: Path, *, command: str, ma
               "same model code (finished cells are reused, never rerun).", "",
               *_provenance(results), ""]
     page = directory / "RESULTS.md"
-    temporary = page.with_suffix(".md.tmp")
-    temporary.write_text(re.sub(r"\n{3,}", "\n\n", "\n".join(lines)))
-    temporary.replace(page)
-    return [page, *written]
+    write_text_atomic(page, re.sub(r"\n{3,}", "\n\n", "\n".join(lines)))
+    summary = directory / "results-summary.json"
+    write_json_atomic(summary, {"source": f"{command} --write {directory}", "cells": finished,
+                                "claims": results.summary})
+    return [page, summary, *written]
