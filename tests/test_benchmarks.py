@@ -15,6 +15,7 @@ import bench_common  # noqa: E402
 import suite  # noqa: E402
 
 
+@pytest.mark.integration
 def test_quick_suite_writes_every_section(tmp_path, monkeypatch):
     assert torch.get_num_threads() == 1  # conftest's autouse fixture
     monkeypatch.chdir(ROOT)

@@ -29,6 +29,7 @@ def trained(tmp_path_factory):
     return output, result
 
 
+@pytest.mark.integration
 def test_train_prints_table_and_writes_interface_files(trained):
     output, result = trained
     assert "weighted F1" in result.stdout and "test" in result.stdout
@@ -40,6 +41,7 @@ def test_train_prints_table_and_writes_interface_files(trained):
         assert (output / name).is_file()
 
 
+@pytest.mark.integration
 def test_evaluate_reproduces_test_metrics(trained, tmp_path):
     output, _ = trained
     result = run_cli("evaluate", "--checkpoint", str(output / "checkpoint"), "--output", str(tmp_path / "eval.json"))
@@ -50,6 +52,7 @@ def test_evaluate_reproduces_test_metrics(trained, tmp_path):
         assert evaluated[key] == expected[key]
 
 
+@pytest.mark.integration
 def test_train_several_seeds_reports_mean_and_std(tmp_path):
     code = main(["train", "--output", str(tmp_path / "seeds"), "--seeds", "1", "2", *TINY,
                  "training.max_epochs=1"])
@@ -89,6 +92,7 @@ def test_help_is_complete(command):
             assert word in result.stdout
 
 
+@pytest.mark.integration
 def test_train_on_a_stored_dataset_path(tiny_corpus, tmp_path):
     from redifu.data.store import save_corpus
 
