@@ -174,7 +174,22 @@ def _load_npy(path: Path) -> np.ndarray:
 
 def _resolve(value: str, folder: Path) -> Path:
     path = Path(value).expanduser()
-    return path if path.is_absolute() else folder / path
+    return Path(os.path.normpath(path if path.is_absolute() else folder / path))
+
+
+def _segment_time(value: Any) -> float | str | None:
+    """A ``start``/``end`` cell: seconds as a number (CSV gives text), a ``HH:MM:SS,mmm`` string
+    as given (the audio extractor parses it), ``None`` when absent."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"must be seconds or HH:MM:SS,mmm, got {_short(value)}")
+    return float(value)
 
 
 class ConversationReader(Iterator[list[InputUtterance]]):
@@ -355,7 +370,13 @@ class ConversationReader(Iterator[list[InputUtterance]]):
             value = row[AUDIO_PATH_COLUMN]
             if not isinstance(value, str):
                 raise fail(AUDIO_PATH_COLUMN, f"must be a path, got {_short(value)}")
-            audio = AudioClip(_resolve(value, self.path.parent), row.get("start") or None, row.get("end") or None)
+            times = []
+            for name in SEGMENT_COLUMNS:
+                try:
+                    times.append(_segment_time(row.get(name)))
+                except ValueError as error:
+                    raise fail(name, str(error)) from None
+            audio = AudioClip(_resolve(value, self.path.parent), *times)
             if "audio" not in features and self.feature_dims is not None and "audio" in self.feature_dims:
                 features["audio"] = self._extract_audio(fail, audio)
                 declared["audio"] = self._audio_extractor.info.name
