@@ -333,8 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
         "vector (relative to INPUT's folder), with an optional <modality>_extractor naming the extractor that made "
         "it (refused when it differs from the one the checkpoint records); or audio_path = an audio file (wav, flac, "
         "mp4, ...; optional start/end), described with the audio extractor the checkpoint records. Rows of a "
-        "dialogue must be contiguous. Transcripts are encoded with the text extractor recorded in the checkpoint. "
-        "The file is read dialogue by dialogue.",
+        "dialogue must be contiguous; speakers take the model's speaker slots in order of first appearance, and a "
+        "dialogue with more distinct speakers than slots is refused. Transcripts are encoded with the text extractor "
+        "recorded in the checkpoint. The file is read dialogue by dialogue; a file without rows, or whose every "
+        "dialogue is skipped (--on-error skip), is an error.",
         epilog="OUTPUT (.jsonl or .csv) gets one record per utterance: dialogue_id, utterance, speaker, label "
         "and the class probabilities (prob_<class> columns in CSV, a probabilities object in JSON Lines). It is "
         "written to a temporary file and renamed at the end: a failed run leaves no output file.",
@@ -419,17 +421,17 @@ def build_parser() -> argparse.ArgumentParser:
     features_commands = features.add_subparsers(dest="features_command", metavar="FEATURES_COMMAND", required=True)
     extract = features_commands.add_parser(
         "extract", help="extract audio (openSMILE) and text features per utterance",
-        description="Read INPUT (.jsonl or .csv; one utterance per row: dialogue_id, utterance, speaker, text, and "
-        "audio = path of an audio file (WAV/FLAC, or MP4/M4A/MKV/MP3/... decoded with PyAV), relative to INPUT's "
-        "folder: one file per utterance, or one file per "
+        description="Read INPUT (.jsonl or .csv, the rows `redifu predict` reads: one utterance per row with "
+        "dialogue_id, utterance, speaker, text, and audio_path = an audio file (WAV/FLAC, or MP4/M4A/MKV/MP3/... "
+        "decoded with PyAV), relative to INPUT's folder: one file per utterance, or one file per "
         "dialogue with start/end in seconds or HH:MM:SS,mmm as in MELD's CSVs). Audio is mixed down to mono, "
         "resampled to 16 kHz and described with openSMILE functionals (IS10_paraling: 1582-d, the standard IEMOCAP "
         "set; eGeMAPSv02: 88-d); results are cached by file content hash, segment and feature set.",
         epilog="OUT gets the input rows plus <modality>_npy columns (paths relative to OUT's folder) naming "
         "OUT_features/<dialogue>_<utt>_<modality>.npy, one float32 vector each, and <modality>_extractor columns "
-        "naming the extractor (checked by `redifu predict` against the checkpoint's); the audio column becomes "
-        "audio_path. `redifu predict OUT --checkpoint DIR` reads it directly. OUT is written to a temporary file "
-        "and renamed at the end.",
+        "naming the extractor (checked by `redifu predict` against the checkpoint's); other columns are kept and "
+        "paths are rewritten relative to OUT's folder. `redifu predict OUT --checkpoint DIR` reads it directly. OUT "
+        "is written to a temporary file and renamed at the end; an INPUT without rows is an error.",
     )
     extract.add_argument("input", metavar="INPUT", help="utterances, .jsonl or .csv")
     extract.add_argument("--output", metavar="OUT", required=True, help="rows with feature paths, .jsonl or .csv")

@@ -86,7 +86,8 @@ def check_recorded_extractors(where: str, modalities: tuple[str, ...], modality_
                 f"recorded extractor {extractor.get('name')!r} gives {dimension}-d")
 
 
-def audio_extractor_for(recorded: Mapping[str, Any] | None, *, allow_unverified: bool = False) -> "AudioFeatureExtractor":
+def audio_extractor_for(recorded: Mapping[str, Any] | None, *,
+                        allow_unverified: bool = False) -> "AudioFeatureExtractor":
     """redifu's audio extractor that remakes the recorded audio features.
 
     Raises:

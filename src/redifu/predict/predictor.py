@@ -199,8 +199,8 @@ class Predictor:
                 except ValueError as error:
                     raise DataError(f"{where}: field {modality!r}: {error}") from None
                 if vector.shape[0] != dims[modality]:
-                    raise DataError(f"{where}: field {modality!r}: "
-                                    f"{size_problem(modality, vector.shape[0], dims[modality], self.extractors.get(modality))}")
+                    problem = size_problem(modality, vector.shape[0], dims[modality], self.extractors.get(modality))
+                    raise DataError(f"{where}: field {modality!r}: {problem}")
                 declared = utterance.extractors.get(modality)
                 if declared is not None:
                     problem = extractor_problem(modality, str(declared), self.extractors.get(modality),
