@@ -146,8 +146,8 @@ def test_cli_features_extract(tmp_path, capsys):
     _speak(tmp_path / "a.wav", "I am so happy to see you.")
     _speak(tmp_path / "b.wav", "Leave me alone, please.")
     rows = [
-        {"dialogue_id": "d1", "utterance": 0, "speaker": "A", "text": "I am so happy to see you.", "audio": "a.wav"},
-        {"dialogue_id": "d1", "utterance": 1, "speaker": "B", "text": "Leave me alone, please.", "audio": "b.wav",
+        {"dialogue_id": "d1", "utterance": 0, "speaker": "A", "text": "I am so happy to see you.", "audio_path": "a.wav"},
+        {"dialogue_id": "d1", "utterance": 1, "speaker": "B", "text": "Leave me alone, please.", "audio_path": "b.wav",
          "start": "00:00:00,100", "end": 1.2},
     ]
     source = tmp_path / "in.jsonl"
@@ -170,7 +170,7 @@ def test_cli_features_extract(tmp_path, capsys):
     assert [u.features["audio"].shape for u in dialogue] == [(1582,), (1582,)]
 
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({**rows[0], "audio": "nowhere.wav"}) + "\n")
+    bad.write_text(json.dumps({**rows[0], "audio_path": "nowhere.wav"}) + "\n")
     code = main(["features", "extract", str(bad), "--output", str(tmp_path / "bad-out.jsonl")])
     error = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in error
@@ -274,7 +274,7 @@ def test_features_extract_declares_the_extractor_and_predict_checks_it(speech, c
     from redifu.checkpoint import save_checkpoint
     from redifu.model import ReDiFu, ReDiFuConfig
 
-    rows = [{"dialogue_id": "d", "utterance": i, "speaker": "AB"[i], "text": "hi", "audio": str(path)}
+    rows = [{"dialogue_id": "d", "utterance": i, "speaker": "AB"[i], "text": "hi", "audio_path": str(path)}
             for i, path in enumerate((clip, speech))]
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))

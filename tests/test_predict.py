@@ -258,17 +258,64 @@ def test_explain_summaries_are_small_and_json(multimodal, tmp_path):
         weights = [n["weight"] for n in neighbours]
         assert weights == sorted(weights, reverse=True) and 0 < sum(weights) <= 1 + 1e-6
         assert all(n["utterance"] in range(5) and abs(n["utterance"] - p.index) <= 2 for n in neighbours)
-        assert all(n["relation"].startswith(("text", "audio")) for n in neighbours)
+        assert all(n["relation"].split(":")[0] in ("text", "audio") or n["relation"] in ("text->audio", "audio->text")
+                   for n in neighbours)
         assert set(p.attention["gates"]) == {"audio"} and 0 < p.attention["gates"]["audio"] < 1
 
 
-def test_speakers_fold_into_the_last_slot_with_a_warning(tmp_path, caplog):
-    predictor = Predictor.from_pretrained(save_tiny(tmp_path / "ckpt", {"text": 4}), device="cpu")
-    dialogue = [{"speaker": s, "text": [0.1 * i] * 4} for i, s in enumerate(["Ann", "Bob", "Cy", "Ann"])]
-    with caplog.at_level(logging.WARNING, logger="redifu.predict"):
-        predictions = predictor.predict({"dialogue_id": "crowd", "utterances": dialogue})
-    assert [p.speaker for p in predictions] == ["Ann", "Bob", "Cy", "Ann"]
-    assert any("3 speakers" in r.message and "2 speaker slot" in r.message for r in caplog.records)
+def test_more_speakers_than_slots_is_a_one_line_error(tmp_path, capsys):
+    """A third speaker for a two-slot model is refused (folding would make two people one speaker
+    in the graph's same/other-speaker relations); other dialogues can still be skipped past it."""
+    checkpoint = save_tiny(tmp_path / "ckpt", {"text": 4})
+    predictor = Predictor.from_pretrained(checkpoint, device="cpu")
+    dialogue = [{"speaker": s, "text": [0.1 * i] * 4} for i, s in enumerate(["Ann", "Bob", "Ann", "Cy"])]
+    with pytest.raises(DataError, match=r"^dialogue 'crowd': utterance 3: field 'speaker': 'Cy' is distinct speaker "
+                                        r"number 3 of the dialogue, but the model has 2 speaker slot\(s\)"):
+        predictor.predict({"dialogue_id": "crowd", "utterances": dialogue})
+    two = predictor.predict({"dialogue_id": "pair", "utterances": dialogue[:3]})
+    assert [p.speaker for p in two] == ["Ann", "Bob", "Ann"]
+
+    rows = [{"dialogue_id": "pair", "utterance": i, "speaker": s, "text": [0.1] * 4} for i, s in enumerate("ABA")]
+    rows += [{"dialogue_id": "crowd", "utterance": i, "speaker": s, "text": [0.2] * 4} for i, s in enumerate("ABAC")]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    output = tmp_path / "out.jsonl"
+    assert main(["predict", "--checkpoint", str(checkpoint), str(source), "--output", str(output)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "in.jsonl:7: dialogue 'crowd': field 'speaker': 'C' is distinct speaker" in error
+    assert not output.exists()
+    assert main(["predict", "--checkpoint", str(checkpoint), str(source), "--output", str(output),
+                 "--on-error", "skip", "--no-progress"]) == 0
+    assert [r["dialogue_id"] for r in read_output(output)] == ["pair"] * 3
+    assert "skipped 1 dialogues (4 rows)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n", "dialogue_id,utterance,speaker,text\n", "\ufeff"])
+@pytest.mark.parametrize("to_stdout", [False, True])
+def test_empty_input_is_refused(tmp_path, multimodal, capsys, content, to_stdout):
+    suffix = ".csv" if content.startswith("dialogue_id") else ".jsonl"
+    source = tmp_path / f"empty{suffix}"
+    source.write_text(content, encoding="utf-8")
+    output = tmp_path / "out.jsonl"
+    arguments = ["predict", "--checkpoint", str(multimodal), str(source)] + ([] if to_stdout else ["--output", str(output)])
+    assert main(arguments) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"redifu: error: {source}: no rows (the file is empty or holds only blank lines" + (
+        " and a header" if suffix == ".csv" else "") + "); nothing to read\n"
+    assert captured.out == "" and sorted(p.name for p in tmp_path.iterdir()) == sorted([source.name, "ckpt"])
+
+
+def test_every_dialogue_skipped_is_refused(tmp_path, multimodal, capsys):
+    rows = make_rows(lengths=(2, 2))
+    for row in rows:
+        row["audio"] = [float("nan")] * 4
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    output = tmp_path / "out.csv"
+    assert main(["predict", "--checkpoint", str(multimodal), str(source), "--output", str(output),
+                 "--on-error", "skip", "--no-progress"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == f"redifu: error: {source}: no dialogue could be read: all 2 dialogue(s) (4 rows) were skipped " \
+                    f"for errors"
+    assert not output.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "in.jsonl"]
 
 
 def test_example_file_parses():
@@ -388,3 +435,56 @@ def test_reported_extractor_without_a_redifu_equivalent(tmp_path):
                                          r"by the file authors' \(as reported by .*not verified\), which "
                                          r"redifu cannot compute"):
         list(Predictor.from_pretrained(checkpoint, allow_unverified=True).read(write_jsonl(tmp_path / "in.jsonl", rows)))
+
+
+def test_model_output_has_typed_gates_and_named_relations():
+    torch.manual_seed(0)
+    model = ReDiFu(ReDiFuConfig(modality_dims={"text": 6, "audio": 4, "visual": 3}, num_classes=3, num_speakers=2,
+                                hidden_size=8, num_heads=2, window=1, fusion_layers=2)).eval()
+    B, N = 2, 4
+    features = {m: torch.randn(B, N, d) for m, d in model.config.modality_dims.items()}
+    speakers, mask = torch.randint(0, 2, (B, N)), torch.tensor([[True] * 4, [True, True, False, False]])
+    with torch.no_grad():
+        out = model(features, speakers, mask, return_attention=True)
+        plain = model(features, speakers, mask)
+    assert set(out.fusion_gates) == {"audio", "visual"} and plain.fusion_gates == {}
+    for modality, gates in out.fusion_gates.items():
+        assert len(gates) == 2 and all(g.shape == (B, N, 8) and ((g > 0) & (g < 1)).all() for g in gates)
+        assert all(g is out.attention[f"fusion.layer{i}.gate_{modality}"] for i, g in enumerate(gates))
+    graph = out.graph_attention
+    assert graph.modality_names == ("text", "audio", "visual")
+    assert graph.relation_names[:2] == ("text:self", "text:same_speaker_past")
+    assert graph.relation_names[15:] == ("text->audio", "text->visual", "audio->text", "audio->visual",
+                                         "visual->text", "visual->audio")
+    concat = ReDiFu(ReDiFuConfig(modality_dims={"text": 6, "audio": 4}, num_classes=3, num_speakers=2, hidden_size=8,
+                                 num_heads=2, fusion="concat", graph="off")).eval()
+    with torch.no_grad():
+        out = concat({m: features[m] for m in ("text", "audio")}, speakers, mask, return_attention=True)
+    assert out.fusion_gates == {} and out.graph_attention is None
+
+
+def test_explanation_reads_the_typed_output():
+    """Neighbour weights are averaged over layers, heads and the target's modality nodes; gates over
+    channels and layers; positions map back to the input's utterance orders."""
+    from redifu.model import ReDiFuOutput
+    from redifu.nn.relation_graph import GraphAttention
+    from redifu.predict import explain
+
+    # one dialogue, utterances at orders 5 and 9, two modalities: nodes 0, 1 (m0) and 2, 3 (m1)
+    edges = torch.tensor([[0, 1, 2, 0, 3], [0, 0, 2, 2, 3]])
+    relation = torch.tensor([0, 3, 5, 10, 5])
+    layer = torch.tensor([[0.2, 0.4], [0.8, 0.6], [0.5, 0.5], [0.5, 0.5], [1.0, 1.0]])  # (E, H)
+    graph = GraphAttention(edge_index=edges, edge_type=relation, attention=[layer, layer.flip(1)],
+                           node_modality=torch.tensor([0, 0, 1, 1]), node_batch=torch.zeros(4, dtype=torch.long),
+                           node_utterance=torch.tensor([0, 1, 0, 1]), relation_names=(), modality_names=("m0", "m1"),
+                           cross_modal=True).with_modality_names(("text", "audio"))
+    gates = {"audio": (torch.full((1, 2, 4), 0.2), torch.full((1, 2, 4), 0.6))}
+    output = ReDiFuOutput(logits=torch.zeros(1, 2, 3), modality_logits={}, graph_attention=graph, fusion_gates=gates)
+    (first, second), = explain(output, [[5, 9]], top_k=2)
+    # target utterance 0: its text node gets 0.3 from itself and 0.7 from utterance 1 (other speaker,
+    # past); its audio node 0.5 from itself and 0.5 from the text node; each divided by 2 modalities
+    assert first["neighbours"] == [{"utterance": 9, "relation": "text:other_speaker_past", "weight": 0.35},
+                                   {"utterance": 5, "relation": "audio:self", "weight": 0.25}]
+    assert graph.relation_names[10] == "text->audio" and graph.relation_names[5] == "audio:self"
+    assert second["neighbours"] == [{"utterance": 9, "relation": "audio:self", "weight": 0.5}]
+    assert first["gates"] == second["gates"] == {"audio": 0.4}

@@ -126,7 +126,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from redifu.training.evaluation import evaluate_split
 
     checkpoint = load_checkpoint(args.checkpoint)
-    data_section = checkpoint.run.get("data")
+    data_section = checkpoint.run.data
     if data_section is None and not args.overrides:
         raise UsageError(f"{args.checkpoint}: run.json records no dataset; pass data.path=... or data.preset=...")
     bad = [o for o in args.overrides if not o.startswith("data.")]
@@ -138,13 +138,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     checkpoint.model.to(device)
     corpus = load_corpus(config.data)
-    expected = checkpoint.run.get("data_fingerprint")
+    expected = checkpoint.run.data_fingerprint
     actual = fingerprint(corpus)
     if expected and expected != actual:
         log.warning("the data differs from the data this checkpoint was trained and selected on")
     if args.split not in corpus.splits:
         raise UsageError(f"split {args.split!r} not in the dataset ({sorted(corpus.splits)})")
-    batch_size = int(checkpoint.run.get("eval_batch_size", 32))
+    batch_size = checkpoint.run.eval_batch_size
     metrics = evaluate_split(checkpoint.model, corpus.splits[args.split], checkpoint.classes,
                              batch_size=batch_size, device=device)
     metrics["data_fingerprint"] = actual
@@ -229,11 +229,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                               allow_unverified=args.allow_unverified_extractor)
         reader = predictor.read(args.input, on_error=args.on_error)
         if output is None:  # the emotions, one utterance per line, on stdout
-            print(f"{'dialogue':<16}{'utt':>4}  {'speaker':<14}{'emotion':<12}{'p':>5}")
-            for predictions in predictor.predict_many(reader):
+            for count, predictions in enumerate(predictor.predict_many(reader)):
+                if count == 0:
+                    print(f"{'dialogue':<16}{'utt':>4}  {'speaker':<14}{'emotion':<12}{'p':>5}")
                 for p in predictions:
                     print(f"{p.dialogue_id:<16}{p.index:>4}  {p.speaker:<14}{p.label:<12}"
                           f"{p.probabilities[p.label]:>5.2f}")
+            _refuse_nothing_predicted(args.input, reader)
             return 0
         with PredictionWriter(output, predictor.classes, explain=args.explain) as writer, tqdm(
             desc="predict", unit="dialogue", disable=args.no_progress or not sys.stderr.isatty()
@@ -241,12 +243,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
             for predictions in predictor.predict_many(reader, explain=args.explain):
                 writer.write(predictions)
                 bar.update(1)
+            _refuse_nothing_predicted(args.input, reader)  # inside: no output file is left
     except ImportError as error:  # the text encoder's optional dependencies
         raise UsageError(str(error)) from None
     print(f"redifu predict: {writer.dialogues} dialogues, {writer.utterances} utterances, skipped "
           f"{reader.skipped_dialogues} dialogues ({reader.skipped_rows} rows), "
           f"{time.perf_counter() - started:.1f} s -> {output}", file=sys.stderr)
     return 0
+
+
+def _refuse_nothing_predicted(path: str, reader) -> None:
+    """A file whose every dialogue was skipped (``--on-error skip``) is an error, as an empty one is."""
+    if reader.dialogues == 0:
+        raise UsageError(f"{path}: no dialogue could be read: all {reader.skipped_dialogues} dialogue(s) "
+                         f"({reader.skipped_rows} rows) were skipped for errors")
 
 
 def cmd_features_extract(args: argparse.Namespace) -> int:
@@ -323,8 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
         "vector (relative to INPUT's folder), with an optional <modality>_extractor naming the extractor that made "
         "it (refused when it differs from the one the checkpoint records); or audio_path = an audio file (wav, flac, "
         "mp4, ...; optional start/end), described with the audio extractor the checkpoint records. Rows of a "
-        "dialogue must be contiguous. Transcripts are encoded with the text extractor recorded in the checkpoint. "
-        "The file is read dialogue by dialogue.",
+        "dialogue must be contiguous; speakers take the model's speaker slots in order of first appearance, and a "
+        "dialogue with more distinct speakers than slots is refused. Transcripts are encoded with the text extractor "
+        "recorded in the checkpoint. The file is read dialogue by dialogue; a file without rows, or whose every "
+        "dialogue is skipped (--on-error skip), is an error.",
         epilog="OUTPUT (.jsonl or .csv) gets one record per utterance: dialogue_id, utterance, speaker, label "
         "and the class probabilities (prob_<class> columns in CSV, a probabilities object in JSON Lines). It is "
         "written to a temporary file and renamed at the end: a failed run leaves no output file.",
@@ -409,17 +421,17 @@ def build_parser() -> argparse.ArgumentParser:
     features_commands = features.add_subparsers(dest="features_command", metavar="FEATURES_COMMAND", required=True)
     extract = features_commands.add_parser(
         "extract", help="extract audio (openSMILE) and text features per utterance",
-        description="Read INPUT (.jsonl or .csv; one utterance per row: dialogue_id, utterance, speaker, text, and "
-        "audio = path of an audio file (WAV/FLAC, or MP4/M4A/MKV/MP3/... decoded with PyAV), relative to INPUT's "
-        "folder: one file per utterance, or one file per "
+        description="Read INPUT (.jsonl or .csv, the rows `redifu predict` reads: one utterance per row with "
+        "dialogue_id, utterance, speaker, text, and audio_path = an audio file (WAV/FLAC, or MP4/M4A/MKV/MP3/... "
+        "decoded with PyAV), relative to INPUT's folder: one file per utterance, or one file per "
         "dialogue with start/end in seconds or HH:MM:SS,mmm as in MELD's CSVs). Audio is mixed down to mono, "
         "resampled to 16 kHz and described with openSMILE functionals (IS10_paraling: 1582-d, the standard IEMOCAP "
         "set; eGeMAPSv02: 88-d); results are cached by file content hash, segment and feature set.",
         epilog="OUT gets the input rows plus <modality>_npy columns (paths relative to OUT's folder) naming "
         "OUT_features/<dialogue>_<utt>_<modality>.npy, one float32 vector each, and <modality>_extractor columns "
-        "naming the extractor (checked by `redifu predict` against the checkpoint's); the audio column becomes "
-        "audio_path. `redifu predict OUT --checkpoint DIR` reads it directly. OUT is written to a temporary file "
-        "and renamed at the end.",
+        "naming the extractor (checked by `redifu predict` against the checkpoint's); other columns are kept and "
+        "paths are rewritten relative to OUT's folder. `redifu predict OUT --checkpoint DIR` reads it directly. OUT "
+        "is written to a temporary file and renamed at the end; an INPUT without rows is an error.",
     )
     extract.add_argument("input", metavar="INPUT", help="utterances, .jsonl or .csv")
     extract.add_argument("--output", metavar="OUT", required=True, help="rows with feature paths, .jsonl or .csv")

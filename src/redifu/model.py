@@ -207,13 +207,18 @@ class ReDiFuOutput:
         logits: ``(B, N, C)`` prediction logits per utterance.
         modality_logits: per modality ``(B, N, C)``, from the auxiliary classifiers.
         attention: named attention maps and gates (``return_attention=True`` only).
-        graph_attention: relational graph attention weights (``return_attention=True`` only).
+        graph_attention: relational graph attention weights, its modalities and relations
+            named after the model's graph modalities (``return_attention=True`` only).
+        fusion_gates: per auxiliary modality, one ``(B, N, D)`` gate in ``[0, 1]`` per fusion
+            layer: how much of what the text attended to in that modality enters the text stream
+            (text-guided fusion with ``return_attention=True`` only; else empty).
     """
 
     logits: Tensor
     modality_logits: dict[str, Tensor]
     attention: dict[str, Tensor] = field(default_factory=dict)
     graph_attention: GraphAttention | None = None
+    fusion_gates: dict[str, tuple[Tensor, ...]] = field(default_factory=dict)
 
 
 class ModalityEncoder(nn.Module):
@@ -402,10 +407,15 @@ class ReDiFu(nn.Module):
                     [streams[m] for m in names], speakers, mask, return_attention=return_attention
                 )
             streams.update(zip(names, graphed))
+            if graph_attention is not None:
+                graph_attention = graph_attention.with_modality_names(names)
 
         with record_function("redifu.fusion"):
             fused = self.fusion(streams, mask, return_attention=return_attention)
         attention.update({f"fusion.{k}": v for k, v in fused.attention.items()})
+        gated = [m for m in config.modalities[1:] if f"layer0.gate_{m}" in fused.attention]
+        fusion_gates = {m: tuple(fused.attention[f"layer{i}.gate_{m}"] for i in range(config.fusion_layers))
+                        for m in gated}  # TextGuidedFusion names its gates layer{i}.gate_{m}
         with record_function("redifu.classifiers"):
             modality_logits = {m: self.modality_classifiers[m](fused.streams[m]) for m in config.modalities}
             if config.logit_weights is not None:
@@ -417,4 +427,5 @@ class ReDiFu(nn.Module):
             modality_logits=modality_logits,
             attention=attention if return_attention else {},
             graph_attention=graph_attention if return_attention else None,
+            fusion_gates=fusion_gates if return_attention else {},
         )

@@ -110,7 +110,7 @@ def _evaluate(cell: Cell, directory: Path, corpus: DialogueCorpus, clean: Dialog
               corruption_seed: int) -> dict[str, Any]:
     """Predictions of the selected checkpoint on the cell's test set and each corrupted one."""
     checkpoint = load_checkpoint(directory / "checkpoint")
-    batch_size = checkpoint.run.get("eval_batch_size", 32)
+    batch_size = checkpoint.run.eval_batch_size
     classes = checkpoint.classes
     test = corpus.splits["test"]
     predictions = predict_split(checkpoint.model, test, batch_size=batch_size)

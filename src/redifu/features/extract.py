@@ -1,43 +1,49 @@
 """``redifu features extract``: precompute per-utterance features for ``redifu predict``.
 
-Input: JSON Lines or CSV, one utterance per row with ``dialogue_id``, ``utterance``,
-``speaker``, ``text`` and, for audio, ``audio`` = path of an audio file (WAV/FLAC, or any
-container FFmpeg reads, such as MELD's ``.mp4`` clips, through PyAV; relative paths are resolved
-against the input file's folder): either one file per utterance, or one file per dialogue with
+Input and output are utterance rows in the one schema of :mod:`redifu.predict.rows` (JSON Lines
+or CSV; ``dialogue_id``, ``utterance``, ``speaker``, ``text``, ``audio_path`` with optional
+``start``/``end``, precomputed ``<modality>`` / ``<modality>_npy`` vectors, other columns kept).
+Audio is read from ``audio_path`` (WAV/FLAC, or any container FFmpeg reads, such as MELD's
+``.mp4`` clips, through PyAV): either one file per utterance, or one file per dialogue with
 ``start``/``end`` (seconds or MELD's ``HH:MM:SS,mmm``) selecting the utterance.
 
-Output: the same rows, in the format of OUT's suffix, with a ``<modality>_npy`` column per
-extracted modality pointing (relative to OUT's folder) at ``OUT_features/<dialogue>_<utt>_<modality>.npy``
-(one ``float32`` vector each), and a ``<modality>_extractor`` column naming the extractor
-(``IS10_paraling``, ``eGeMAPSv02``, the text model), which ``redifu predict`` compares with the
-checkpoint's recorded extractor, so that ``redifu predict OUT`` reads them directly. The ``audio``
-column is renamed ``audio_path`` (``predict`` reads ``audio`` as an inline vector). Every file is
-written to a temporary file and renamed; OUT is written last, so a failed run leaves no OUT.
+Output: the same rows, dialogue by dialogue in utterance order, in the format of OUT's suffix,
+with a ``<modality>_npy`` column per extracted modality pointing (relative to OUT's folder) at
+``OUT_features/<dialogue>_<utt>_<modality>.npy`` (one ``float32`` vector each), and a
+``<modality>_extractor`` column naming the extractor (``IS10_paraling``, ``eGeMAPSv02``, the text
+model), which ``redifu predict`` compares with the checkpoint's recorded extractor, so that
+``redifu predict OUT`` reads them directly. Paths given in the input (``audio_path``, other
+``.npy`` files) are rewritten relative to OUT's folder; inline vectors of the input are saved
+beside the extracted ones. Every file is written atomically and OUT last, so a failed run leaves
+no OUT.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
-import os
 import re
-import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from redifu.data.dialogue import DataError
+from redifu.errors import DataError
+from redifu.files import atomic_file
+from redifu.predict.rows import (
+    AUDIO_PATH_COLUMN,
+    ROW_FORMATS,
+    InputUtterance,
+    RowWriter,
+    read_conversations,
+    utterance_row,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["EXTRACT_MODALITIES", "extract_features", "features_dir"]
 
 EXTRACT_MODALITIES = ("text", "audio")
-_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
-_REQUIRED = ("dialogue_id", "utterance", "speaker")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -46,70 +52,9 @@ def features_dir(output: Path) -> Path:
     return output.with_name(f"{output.stem}_features")
 
 
-def _read_rows(path: Path) -> list[tuple[int, dict]]:
-    """``(line, row)`` pairs of a JSON Lines or CSV file."""
-    kind = _FORMATS.get(path.suffix.lower())
-    if kind is None:
-        raise DataError(f"{path}: unknown input format {path.suffix!r}; use one of {', '.join(_FORMATS)}")
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    rows: list[tuple[int, dict]] = []
-    if kind == "jsonl":
-        with path.open(encoding="utf-8-sig") as stream:
-            for line, raw in enumerate(stream, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    row = json.loads(raw)
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{path}:{line}: row: invalid JSON ({error.msg} at column {error.colno})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{line}: row: expected a JSON object, got {type(row).__name__}")
-                rows.append((line, row))
-        return rows
-    with path.open(encoding="utf-8-sig", newline="") as stream:
-        reader = csv.DictReader(stream)
-        try:
-            for row in reader:
-                rows.append((reader.line_num, {k: v for k, v in row.items() if k is not None and v not in (None, "")}))
-        except (csv.Error, UnicodeDecodeError) as error:
-            raise DataError(f"{path}:{reader.line_num}: row: cannot read the CSV row ({error})") from None
-    return rows
-
-
-def _atomic_save_npy(path: Path, vector: np.ndarray) -> None:
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    temporary = Path(handle.name)
-    try:
-        os.chmod(temporary, 0o644)
-        with handle:
-            np.save(handle, np.asarray(vector, dtype=np.float32), allow_pickle=False)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def _write_rows(path: Path, rows: list[dict]) -> None:
-    kind = _FORMATS.get(path.suffix.lower())
-    handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                         delete=False, encoding="utf-8", newline="")
-    temporary = Path(handle.name)
-    try:
-        os.chmod(temporary, 0o644)
-        with handle:
-            if kind == "jsonl":
-                for row in rows:
-                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            else:
-                columns: dict[str, None] = {}
-                for row in rows:
-                    columns.update(dict.fromkeys(row))
-                writer = csv.DictWriter(handle, fieldnames=list(columns))
-                writer.writeheader()
-                writer.writerows(rows)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+def _save_npy(path: Path, vector: np.ndarray) -> None:
+    with atomic_file(path, "wb") as stream:
+        np.save(stream, np.asarray(vector, dtype=np.float32), allow_pickle=False)
 
 
 def extract_features(
@@ -139,38 +84,43 @@ def extract_features(
     Returns:
         Statistics: ``rows``, ``dimensions`` per modality, ``extractors`` (name, version,
         dimension, settings per modality), ``features_dir``.
+
+    Raises:
+        DataError: a malformed row or an input without rows (one line naming file, line,
+            dialogue and field).
     """
     input_path, output = Path(input_path), Path(output)
     modalities = list(dict.fromkeys(modalities))
     unknown = [m for m in modalities if m not in EXTRACT_MODALITIES]
     if unknown or not modalities:
         raise ValueError(f"modalities must be a non-empty subset of {EXTRACT_MODALITIES}, got {list(modalities)}")
-    if _FORMATS.get(output.suffix.lower()) is None or output.suffix.lower() == ".ndjson":
+    if output.suffix.lower() not in ROW_FORMATS:
         raise ValueError(f"output {output}: unknown format {output.suffix!r}; use .jsonl or .csv")
     if output.resolve() == input_path.resolve():
         raise ValueError(f"output {output}: would overwrite the input file")
-    rows = _read_rows(input_path)
-    if not rows:
-        raise DataError(f"{input_path}: no rows")
+    utterances: list[InputUtterance] = [u for dialogue in read_conversations(input_path) for u in dialogue]
 
     folder = features_dir(output)
     names: list[str] = []
-    seen: dict[str, int] = {}
-    for line, row in rows:
-        where = f"{input_path}:{line}: dialogue {row.get('dialogue_id')!r}"
-        for name in _REQUIRED:
-            if row.get(name) in (None, ""):
-                raise DataError(f"{where}: field {name!r}: missing")
-        if "text" in modalities and not isinstance(row.get("text"), str):
-            raise DataError(f"{where}: field 'text': missing (needed for --modalities text)")
-        if "audio" in modalities and not isinstance(row.get("audio"), str):
-            raise DataError(f"{where}: field 'audio': missing (path of the utterance's audio file)")
-        name = f"{_UNSAFE.sub('_', str(row['dialogue_id']))}_{_UNSAFE.sub('_', str(row['utterance']))}"
-        if name in seen:
-            raise DataError(f"{where}: field 'utterance': {row['utterance']!r} appears twice "
-                            f"(also on line {seen[name]})")
-        seen[name] = line
-        names.append(name)
+    for utterance in utterances:
+        where = f"{input_path}:{utterance.line}: dialogue {utterance.dialogue_id!r}"
+        for modality in modalities:
+            if modality in utterance.features:
+                raise DataError(f"{where}: field {modality!r}: the row already gives {modality} features; "
+                                f"leave {modality} out of --modalities or drop the vector")
+        if "text" in modalities and utterance.text is None:
+            raise DataError(f"{where}: field 'text': missing (the transcript, needed for --modalities text)")
+        if "audio" in modalities and utterance.audio is None:
+            raise DataError(f"{where}: field {AUDIO_PATH_COLUMN!r}: missing (the utterance's audio file, "
+                            f"needed for --modalities audio)")
+        names.append(f"{_UNSAFE.sub('_', utterance.dialogue_id)}_{utterance.index}")
+    seen: dict[str, InputUtterance] = {}
+    for name, utterance in zip(names, utterances):
+        if name in seen:  # distinct ids that differ only in characters a file name cannot hold
+            raise DataError(f"{input_path}:{utterance.line}: dialogue {utterance.dialogue_id!r}: field "
+                            f"'dialogue_id': its feature files would be those of dialogue "
+                            f"{seen[name].dialogue_id!r} (line {seen[name].line}); rename one")
+        seen[name] = utterance
 
     vectors: dict[str, list[np.ndarray]] = {}
     extractors: dict[str, dict] = {}
@@ -179,7 +129,7 @@ def extract_features(
 
         encoder = TextEncoder(text_encoder or DEFAULT_TEXT_ENCODER, progress=False,
                               cache_dir=Path(cache_dir) / "text-features" if cache_dir else None)
-        vectors["text"] = list(encoder.encode([row["text"] for _, row in rows]))
+        vectors["text"] = list(encoder.encode([u.text for u in utterances]))
         extractors["text"] = asdict(encoder.info)
     if "audio" in modalities:
         from redifu.features.audio import AudioFeatureExtractor
@@ -187,30 +137,32 @@ def extract_features(
         extractor = audio_extractor or AudioFeatureExtractor(
             audio_set, cache_dir=Path(cache_dir) / "audio-features" if cache_dir else None)
         audio = []
-        for line, row in rows:
-            where = f"{input_path}:{line}: dialogue {row['dialogue_id']!r}: field 'audio'"
-            source = Path(row["audio"]).expanduser()
-            source = source if source.is_absolute() else input_path.parent / source
+        for utterance in utterances:
+            clip = utterance.audio
             try:
-                audio.append(extractor.extract_file(source, row.get("start"), row.get("end")))
+                audio.append(extractor.extract_file(clip.path, clip.start, clip.end))
             except DataError as error:
-                raise DataError(f"{where}: {error}") from None
+                raise DataError(f"{input_path}:{utterance.line}: dialogue {utterance.dialogue_id!r}: "
+                                f"field {AUDIO_PATH_COLUMN!r}: {error}") from None
         vectors["audio"] = audio
         extractors["audio"] = asdict(extractor.info)
 
-    folder.mkdir(parents=True, exist_ok=True)  # only now: a failed extraction leaves nothing behind
-    written = []
-    for position, ((_, row), name) in enumerate(zip(rows, names)):
-        row = dict(row)
-        if "audio" in row:  # predict reads `audio` as an inline vector
-            row["audio_path"] = row.pop("audio")
-        for modality in modalities:
-            target = folder / f"{name}_{modality}.npy"
-            _atomic_save_npy(target, vectors[modality][position])
-            row[f"{modality}_npy"] = os.path.relpath(target, output.parent).replace(os.sep, "/")
-            row[f"{modality}_extractor"] = extractors[modality]["name"]
-        written.append(row)
-    _write_rows(output, written)
+    # Only now, with every feature computed, is anything written: a failed extraction leaves nothing.
+    rows = []
+    for position, (utterance, name) in enumerate(zip(utterances, names)):
+        features = {**utterance.features, **{m: vectors[m][position] for m in modalities}}
+        saved = {}
+        for modality, vector in features.items():
+            if modality not in utterance.sources or modality in modalities:
+                saved[modality] = folder / f"{name}_{modality}.npy"
+                _save_npy(saved[modality], vector)
+        declared = {**utterance.extractors, **{m: extractors[m]["name"] for m in modalities}}
+        rows.append(utterance_row(replace(utterance, features=features, extractors=declared), output.parent,
+                                  npy_paths=saved))
+    columns = list(dict.fromkeys(column for row in rows for column in row))
+    with RowWriter(output, columns) as writer:
+        for row in rows:
+            writer.write(row)
     dimensions = {m: int(vectors[m][0].shape[0]) for m in modalities}
     logger.info("features extract: %d rows, %s -> %s", len(rows), dimensions, output)
     return {"rows": len(rows), "dimensions": dimensions, "extractors": extractors, "features_dir": str(folder)}

@@ -16,7 +16,7 @@ nothing of size ``N x N`` is ever built. :class:`RelationGraph` runs stacked
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -77,7 +77,11 @@ class GraphAttention:
         node_modality (Tensor): ``(V,)`` modality index of each node.
         node_batch (Tensor): ``(V,)`` dialogue (batch row) of each node.
         node_utterance (Tensor): ``(V,)`` utterance position of each node in its dialogue.
-        relation_names (tuple[str, ...]): name of each relation id.
+        relation_names (tuple[str, ...]): name of each relation id
+            (:func:`graph_relation_names` with ``modality_names``).
+        modality_names (tuple[str, ...]): name of each modality index (``m0``, ``m1``, ... until
+            :meth:`with_modality_names` gives the real ones).
+        cross_modal (bool): Whether the graph has the cross-modality relations.
     """
 
     edge_index: Tensor
@@ -87,6 +91,17 @@ class GraphAttention:
     node_batch: Tensor
     node_utterance: Tensor
     relation_names: tuple[str, ...]
+    modality_names: tuple[str, ...]
+    cross_modal: bool
+
+    def with_modality_names(self, modality_names: tuple[str, ...]) -> "GraphAttention":
+        """A copy whose modalities and relations are named after ``modality_names``
+        (``"text:same_speaker_past"``, ``"audio->text"``)."""
+        if len(modality_names) != len(self.modality_names):
+            raise ValueError(f"modality_names: {len(self.modality_names)} names needed, got {tuple(modality_names)}")
+        names = tuple(modality_names)
+        return replace(self, modality_names=names, relation_names=graph_relation_names(
+            num_modalities=len(names), cross_modal=self.cross_modal, modality_names=names))
 
 
 def num_graph_relations(*, num_modalities: int, cross_modal: bool) -> int:
@@ -99,11 +114,18 @@ def num_graph_relations(*, num_modalities: int, cross_modal: bool) -> int:
     return _NUM_SPEAKER_RELATIONS * num_modalities + cross
 
 
-def graph_relation_names(*, num_modalities: int, cross_modal: bool) -> tuple[str, ...]:
-    """Readable names of the relation ids, e.g. ``"m0:same_speaker_past"``, ``"m1->m2"``."""
-    names = [f"m{m}:{r}" for m in range(num_modalities) for r in SPEAKER_RELATIONS]
+def graph_relation_names(
+    *, num_modalities: int, cross_modal: bool, modality_names: tuple[str, ...] | None = None
+) -> tuple[str, ...]:
+    """Readable names of the relation ids, e.g. ``"m0:same_speaker_past"``, ``"m1->m2"``, or with
+    ``modality_names`` ``("text", "audio", ...)``: ``"text:same_speaker_past"``, ``"audio->visual"``."""
+    modality = modality_names if modality_names is not None else tuple(f"m{m}" for m in range(num_modalities))
+    if len(modality) != num_modalities:
+        raise ValueError(f"modality_names must name {num_modalities} modalities, got {tuple(modality)}")
+    names = [f"{modality[m]}:{r}" for m in range(num_modalities) for r in SPEAKER_RELATIONS]
     if num_graph_relations(num_modalities=num_modalities, cross_modal=cross_modal) > len(names):
-        names += [f"m{a}->m{b}" for a in range(num_modalities) for b in range(num_modalities) if a != b]
+        names += [f"{modality[a]}->{modality[b]}" for a in range(num_modalities) for b in range(num_modalities)
+                  if a != b]
     return tuple(names)
 
 
@@ -389,4 +411,6 @@ class RelationGraph(nn.Module):
             relation_names=graph_relation_names(
                 num_modalities=self.num_modalities, cross_modal=self.cross_modal
             ),
+            modality_names=tuple(f"m{m}" for m in range(self.num_modalities)),
+            cross_modal=self.cross_modal,
         )

@@ -21,6 +21,7 @@ import platform
 import subprocess
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 import redifu
-from redifu.checkpoint import load_checkpoint, save_checkpoint, write_json_atomic
+from redifu.checkpoint import RunInfo, load_checkpoint, save_checkpoint, write_json_atomic
 from redifu.config import ExperimentConfig, dump_config
 from redifu.data.batching import feature_statistics
 from redifu.data.dialogue import DialogueCorpus
@@ -54,7 +55,7 @@ class SelectBestOnDev(Callback):
     travels in Lightning's resume checkpoint, so a resumed run keeps its best-so-far.
     """
 
-    def __init__(self, directory: Path, classes: tuple[str, ...], run_info: dict[str, Any]) -> None:
+    def __init__(self, directory: Path, classes: tuple[str, ...], run_info: RunInfo) -> None:
         self.directory = directory
         self.classes = classes
         self.run_info = run_info
@@ -76,7 +77,7 @@ class SelectBestOnDev(Callback):
         if score > self.best_score:
             self.best_score, self.best_epoch = score, epoch
             if trainer.is_global_zero:
-                info = dict(self.run_info, selected_epoch=epoch, dev_weighted_f1=score)
+                info = replace(self.run_info, selected_epoch=epoch, dev_weighted_f1=score)
                 save_checkpoint(self.directory, pl_module.model, self.classes, info)
         trainer.strategy.barrier()
 
@@ -169,17 +170,16 @@ def train(
         batch_size=training.batch_size, eval_batch_size=training.eval_batch_size, num_workers=training.num_workers,
         seed=training.seed, distributed=training.devices > 1,
     )
-    run_info = {
-        "data": config.to_dict()["data"],
-        "eval_batch_size": training.eval_batch_size,
-        "data_fingerprint": data_fingerprint,
-        "modalities": list(model_config.modalities),
-        "extractors": {m: e for m, e in corpus.provenance.get("extractors", {}).items()
-                       if m in model_config.modalities},
-        "seed": training.seed,
-        "redifu_version": redifu.__version__,
-        "commit": git_commit(),
-    }
+    run_info = RunInfo(
+        data=config.to_dict()["data"],
+        eval_batch_size=training.eval_batch_size,
+        data_fingerprint=data_fingerprint,
+        modalities=tuple(model_config.modalities),
+        extractors={m: e for m, e in corpus.provenance.get("extractors", {}).items() if m in model_config.modalities},
+        seed=training.seed,
+        redifu_version=redifu.__version__,
+        commit=git_commit(),
+    )
     selector = SelectBestOnDev(output / "checkpoint", metadata.classes, run_info)
     callbacks = [
         *(callbacks or []),
@@ -264,9 +264,9 @@ def finish_run(
         "seconds_per_epoch": train_seconds / max(1, len(selector.history)),
         "num_parameters": num_parameters,
         "dataset": corpus.metadata.to_dict(),
-        "data_fingerprint": checkpoint.run.get("data_fingerprint"),
+        "data_fingerprint": checkpoint.run.data_fingerprint,
         "seed": config.training.seed,
-        "commit": checkpoint.run.get("commit"),
+        "commit": checkpoint.run.commit,
         "environment": {
             "redifu": redifu.__version__,
             "torch": torch.__version__,
