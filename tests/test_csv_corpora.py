@@ -9,19 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from redifu.data import registry
 from redifu.data.csv_corpora import (
-    EMORYNLP_EMOTIONS,
-    EMORYNLP_FILES,
-    MELD_EMOTIONS,
-    MELD_FILES,
     MELD_SENTIMENTS,
-    MELD_SPEAKER_SLOTS,
     TranscriptUtterance,
     read_emorynlp_csvs,
     read_meld_csvs,
     speaker_slots,
 )
 from redifu.data.dialogue import DataError
+
+MELD, EMORYNLP = registry.get("meld"), registry.get("emorynlp")
+MELD_EMOTIONS, MELD_FILES, MELD_SPEAKER_SLOTS = MELD.classes, MELD.split_files, MELD.speaker_slots
+EMORYNLP_EMOTIONS, EMORYNLP_FILES = EMORYNLP.classes, EMORYNLP.split_files
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MELD_DIR = DATA / "meld"

@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 
 from redifu.data.dialogue import DataError
-from redifu.data.download import OFFICIAL, fetch_dataset
+from redifu.data import registry
+from redifu.data.download import fetch_dataset
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+OFFICIAL = {name: registry.get(name).files for name in registry.names() if registry.get(name).files}
 MELD_DIR = DATA / "meld"
 EMORYNLP_DIR = DATA / "emorynlp"
 

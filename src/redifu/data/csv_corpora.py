@@ -29,35 +29,20 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, NoReturn, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, NoReturn, Sequence
 
 import numpy as np
 
 from redifu.data.dialogue import SPLITS, DataError, DatasetMetadata, Dialogue, DialogueCorpus
 
+if TYPE_CHECKING:
+    from redifu.data.registry import DatasetEntry
+
 logger = logging.getLogger(__name__)
 
-MELD_EMOTIONS: tuple[str, ...] = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
-"""MELD's 7 emotions in the label-index order used by the standard feature files."""
-
 MELD_SENTIMENTS: tuple[str, ...] = ("neutral", "positive", "negative")
-
-EMORYNLP_EMOTIONS: tuple[str, ...] = ("Joyful", "Mad", "Peaceful", "Neutral", "Sad", "Powerful", "Scared")
-"""EmoryNLP's 7 emotions in the label-index order used by the standard feature files."""
-
-MELD_FILES: dict[str, str] = {
-    "train": "train_sent_emo.csv",
-    "dev": "dev_sent_emo.csv",
-    "test": "test_sent_emo.csv",
-}
-EMORYNLP_FILES: dict[str, str] = {
-    "train": "emorynlp_train_final.csv",
-    "dev": "emorynlp_dev_final.csv",
-    "test": "emorynlp_test_final.csv",
-}
-
-MELD_SPEAKER_SLOTS = 9
-"""Speaker slots in MELD's standard feature files (one-hot speaker vectors of length 9)."""
+"""The values of MELD's ``Sentiment`` column, in index order (part of the CSV format; the emotion
+classes, files and speaker slots of each dataset are in :mod:`redifu.data.registry`)."""
 
 MULTI_SPEAKER_SEPARATOR = " & "
 """Joins the names of an EmoryNLP line said by several people (names sorted first)."""
@@ -366,49 +351,61 @@ class EpisodeAudio:
 # Reading
 
 
-def read_meld_csvs(directory: str | Path) -> TranscriptCorpus:
-    """Read MELD's ``train/dev/test_sent_emo.csv`` from ``directory``.
+def read_meld_csvs(directory: str | Path, dataset: "DatasetEntry | None" = None) -> TranscriptCorpus:
+    """Read MELD-format CSVs (``train/dev/test_sent_emo.csv``) from ``directory``.
+
+    Args:
+        directory: The folder holding the entry's ``split_files``.
+        dataset: The registry entry giving the title, classes and file names; default MELD's.
 
     Raises:
         DataError: a file is missing or malformed; the message names the file, line, dialogue
             and field.
     """
-    return _read_corpus("MELD", MELD_EMOTIONS, MELD_FILES, _read_meld_file, Path(directory))
+    return _read_corpus(dataset or _entry("meld"), _read_meld_file, Path(directory))
 
 
-def read_emorynlp_csvs(directory: str | Path) -> TranscriptCorpus:
-    """Read EmoryNLP's ``emorynlp_{train,dev,test}_final.csv`` from ``directory``.
+def read_emorynlp_csvs(directory: str | Path, dataset: "DatasetEntry | None" = None) -> TranscriptCorpus:
+    """Read EmoryNLP-format CSVs (``emorynlp_{train,dev,test}_final.csv``) from ``directory``.
+
+    Args:
+        directory: The folder holding the entry's ``split_files``.
+        dataset: The registry entry giving the title, classes and file names; default EmoryNLP's.
 
     Raises:
         DataError: a file is missing or malformed; the message names the file, line, dialogue
             and field.
     """
-    return _read_corpus("EmoryNLP", EMORYNLP_EMOTIONS, EMORYNLP_FILES, _read_emorynlp_file, Path(directory))
+    return _read_corpus(dataset or _entry("emorynlp"), _read_emorynlp_file, Path(directory))
+
+
+def _entry(name: str) -> "DatasetEntry":
+    from redifu.data.registry import get  # the registry imports these readers
+
+    return get(name)
 
 
 def _read_corpus(
-    name: str,
-    classes: tuple[str, ...],
-    files: Mapping[str, str],
-    read_file: Callable[[Path], tuple[list[list[TranscriptUtterance]], str, int]],
+    dataset: "DatasetEntry",
+    read_file: Callable[[Path, tuple[str, ...]], tuple[list[list[TranscriptUtterance]], str, int]],
     directory: Path,
 ) -> TranscriptCorpus:
     splits: dict[str, list[list[TranscriptUtterance]]] = {}
     hashes: dict[str, str] = {}
     repaired = 0
-    for split, filename in files.items():
-        dialogues, digest, fixed = read_file(directory / filename)
+    for split, filename in dataset.split_files.items():
+        dialogues, digest, fixed = read_file(directory / filename, dataset.classes)
         splits[split], hashes[split] = dialogues, digest
         repaired += fixed
-    _log_summary(name, splits, repaired)
-    return TranscriptCorpus(name, classes, splits, repaired, hashes)
+    _log_summary(dataset.title, splits, repaired)
+    return TranscriptCorpus(dataset.title, dataset.classes, splits, repaired, hashes)
 
 
 _MELD_COLUMNS = ("Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID")
 _EMORYNLP_COLUMNS = ("Utterance", "Speaker", "Emotion", "Scene_ID", "Utterance_ID", "Season", "Episode")
 
 
-def _read_meld_file(path: Path) -> tuple[list[list[TranscriptUtterance]], str, int]:
+def _read_meld_file(path: Path, classes: tuple[str, ...]) -> tuple[list[list[TranscriptUtterance]], str, int]:
     repair = _TextRepair()
     dialogues: dict[int, dict[int, TranscriptUtterance]] = {}
     first_line: dict[tuple[int, int], int] = {}
@@ -429,7 +426,7 @@ def _read_meld_file(path: Path) -> tuple[list[list[TranscriptUtterance]], str, i
             index=utterance,
             speaker=speaker,
             text=repair.fix(row["Utterance"]),
-            emotion=_label(row["Emotion"], MELD_EMOTIONS, *where, "Emotion"),
+            emotion=_label(row["Emotion"], classes, *where, "Emotion"),
             sentiment=_label(row["Sentiment"], MELD_SENTIMENTS, *where, "Sentiment"),
             start=row.get("StartTime") or None,
             end=row.get("EndTime") or None,
@@ -439,7 +436,7 @@ def _read_meld_file(path: Path) -> tuple[list[list[TranscriptUtterance]], str, i
     return ordered, hashlib.sha256(data).hexdigest(), repair.count
 
 
-def _read_emorynlp_file(path: Path) -> tuple[list[list[TranscriptUtterance]], str, int]:
+def _read_emorynlp_file(path: Path, classes: tuple[str, ...]) -> tuple[list[list[TranscriptUtterance]], str, int]:
     repair = _TextRepair()
     dialogues: dict[tuple[int, int, int], dict[int, TranscriptUtterance]] = {}
     first_line: dict[tuple[int, int, int, int], int] = {}
@@ -461,7 +458,7 @@ def _read_emorynlp_file(path: Path) -> tuple[list[list[TranscriptUtterance]], st
             index=utterance,
             speaker=MULTI_SPEAKER_SEPARATOR.join(sorted(set(names))),
             text=repair.fix(row["Utterance"]),
-            emotion=_label(row["Emotion"], EMORYNLP_EMOTIONS, *where, "Emotion"),
+            emotion=_label(row["Emotion"], classes, *where, "Emotion"),
             sentiment=None,
             start=row.get("Start_Time") or None,
             end=row.get("End_Time") or None,

@@ -133,9 +133,22 @@ class DialogueCorpus:
 def validate_dialogue(dialogue: Dialogue, metadata: DatasetMetadata, *, source: str) -> None:
     """Raise :class:`DataError` with a one-line message if ``dialogue`` is malformed."""
     where = f"{source}: dialogue {dialogue.dialogue_id}"
-    n = len(dialogue.speakers)
+    speakers = np.asarray(dialogue.speakers)
+    if speakers.ndim != 1:
+        raise DataError(f"{where}: field 'speakers': expected one speaker id per utterance, got shape {speakers.shape}")
+    n = len(speakers)
     if n == 0:
         raise DataError(f"{where}: field 'speakers': dialogue is empty")
+    if speakers.dtype.kind not in "iu":
+        raise DataError(f"{where}: field 'speakers': speaker ids must be integers, got {speakers.dtype} values")
+    # Refused, never clamped: a model would silently merge the extra speakers into one slot.
+    outside = (speakers < 0) | (speakers >= metadata.num_speakers)
+    if outside.any():
+        position = int(np.flatnonzero(outside)[0])
+        raise DataError(
+            f"{where}: field 'speakers': speaker id {int(speakers[position])} at utterance {position} "
+            f"out of range [0, {metadata.num_speakers})"
+        )
     if dialogue.labels.shape != (n,):
         raise DataError(f"{where}: field 'labels': {dialogue.labels.shape[0]} labels for {n} utterances")
     labels = dialogue.labels
@@ -144,10 +157,6 @@ def validate_dialogue(dialogue: Dialogue, metadata: DatasetMetadata, *, source: 
         raise DataError(
             f"{where}: field 'labels': value {int(labels[bad][0])} out of range "
             f"[0, {metadata.num_classes})"
-        )
-    if (dialogue.speakers < 0).any() or (dialogue.speakers >= metadata.num_speakers).any():
-        raise DataError(
-            f"{where}: field 'speakers': index out of range [0, {metadata.num_speakers})"
         )
     for modality, dim in metadata.modality_dims.items():
         if modality not in dialogue.features:

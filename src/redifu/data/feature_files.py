@@ -12,7 +12,6 @@ Files are opened with :func:`~redifu.data.safe_pickle.load_pickle_safely`, never
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -28,27 +27,22 @@ from redifu.data.dialogue import (
     DialogueCorpus,
     validate_dialogue,
 )
+from redifu.data.registry import entry_for_layout
 from redifu.data.safe_pickle import load_pickle_safely
+from redifu.files import file_sha256
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "IEMOCAP_CLASSES",
-    "MELD_CLASSES",
     "TEXT_FEATURES",
     "FieldSpec",
     "LayoutSpec",
     "LAYOUTS",
     "detect_layout",
+    "load_feature_file",
     "read_feature_file",
     "reported_extractors",
 ]
-
-IEMOCAP_CLASSES: tuple[str, ...] = ("happy", "sad", "neutral", "angry", "excited", "frustrated")
-"""IEMOCAP label order of every loader checked: {'hap':0, 'sad':1, 'neu':2, 'ang':3, 'exc':4, 'fru':5}."""
-
-MELD_CLASSES: tuple[str, ...] = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
-"""MELD label order (DialogueGCN loader comment): neutral 0 ... anger 6."""
 
 TEXT_FEATURES: tuple[str, ...] = ("roberta1", "roberta2", "roberta3", "roberta4", "mean")
 """``text_feature`` choices: one of the last four RoBERTa layers (roberta1 = last) or their mean."""
@@ -87,9 +81,9 @@ class LayoutSpec:
 
     Args:
         name: Layout key in :data:`LAYOUTS`.
-        dataset: Dataset name for reports (``iemocap`` or ``meld``).
+        dataset: Name of the :mod:`~redifu.data.registry` entry that claims this layout.
         file_name: The file name the authors distribute it under.
-        classes: Emotion class names in label-index order.
+        classes: Emotion class names in label-index order (the entry's ``classes``).
         speaker_encoding: ``"gender"`` ('M'/'F' strings -> 0/1) or ``"one_hot"`` (rows -> argmax).
         fields: One :class:`FieldSpec` per tuple position.
         reference: The public loader code the layout was checked against.
@@ -137,6 +131,12 @@ def _f(name: str, role: str, dim: int | None = None) -> FieldSpec:
     return FieldSpec(name=name, role=role, dim=dim)
 
 
+def _layout(*, name: str, **spec) -> LayoutSpec:
+    """A layout whose dataset and classes come from the registry entry that claims it."""
+    entry = entry_for_layout(name)
+    return LayoutSpec(name=name, dataset=entry.name, classes=entry.classes, **spec)
+
+
 _SDT_REF = "butterfliesss/SDT dataloader.py and train.py"
 _MMGCN_REF = "hujingwen6666/MMGCN dataloader.py; 1136623363/M3NET-ERC dataloader.py"
 _DRNN_REF = "declare-lab/conv-emotion DialogueRNN/dataloader.py and DialogueGCN/dataloader.py"
@@ -146,9 +146,9 @@ _COSMIC_REF = ("declare-lab/conv-emotion COSMIC/erc-training/dataloader.py and "
 LAYOUTS: dict[str, LayoutSpec] = {
     spec.name: spec
     for spec in (
-        LayoutSpec(
-            name="sdt-iemocap", dataset="iemocap", file_name="iemocap_multimodal_features.pkl",
-            classes=IEMOCAP_CLASSES, speaker_encoding="gender", reference=_SDT_REF,
+        _layout(
+            name="sdt-iemocap", file_name="iemocap_multimodal_features.pkl",
+            speaker_encoding="gender", reference=_SDT_REF,
             fields=(_f("videoIDs", "utterance_ids"), _f("videoSpeakers", "speakers"),
                     _f("videoLabels", "labels"), _f("videoText", "roberta1", 1024),
                     _f("roberta2", "roberta2", 1024), _f("roberta3", "roberta3", 1024),
@@ -156,9 +156,9 @@ LAYOUTS: dict[str, LayoutSpec] = {
                     _f("videoVisual", "visual", 342), _f("videoSentence", "sentences"),
                     _f("trainVid", "train_ids"), _f("testVid", "test_ids")),
         ),
-        LayoutSpec(
-            name="sdt-meld", dataset="meld", file_name="meld_multimodal_features.pkl",
-            classes=MELD_CLASSES, speaker_encoding="one_hot", reference=_SDT_REF,
+        _layout(
+            name="sdt-meld", file_name="meld_multimodal_features.pkl",
+            speaker_encoding="one_hot", reference=_SDT_REF,
             fields=(_f("videoIDs", "utterance_ids"), _f("videoSpeakers", "speakers"),
                     _f("videoLabels", "labels"), _f("videoText", "roberta1", 1024),
                     _f("roberta2", "roberta2", 1024), _f("roberta3", "roberta3", 1024),
@@ -166,56 +166,56 @@ LAYOUTS: dict[str, LayoutSpec] = {
                     _f("videoVisual", "visual", 342), _f("videoSentence", "sentences"),
                     _f("trainVid", "train_ids"), _f("testVid", "test_ids"), _f("_", "unused")),
         ),
-        LayoutSpec(
-            name="mmgcn-iemocap", dataset="iemocap", file_name="IEMOCAP_features.pkl",
-            classes=IEMOCAP_CLASSES, speaker_encoding="gender", reference=_MMGCN_REF,
+        _layout(
+            name="mmgcn-iemocap", file_name="IEMOCAP_features.pkl",
+            speaker_encoding="gender", reference=_MMGCN_REF,
             fields=(_f("videoIDs", "utterance_ids"), _f("videoSpeakers", "speakers"),
                     _f("videoLabels", "labels"), _f("videoText", "text", 100),
                     _f("videoAudio", "audio", 1582), _f("videoVisual", "visual", 342),
                     _f("videoSentence", "sentences"), _f("trainVid", "train_ids"),
                     _f("testVid", "test_ids")),
         ),
-        LayoutSpec(
-            name="mmgcn-meld", dataset="meld", file_name="MELD_features_raw1.pkl",
-            classes=MELD_CLASSES, speaker_encoding="one_hot", reference=_MMGCN_REF,
+        _layout(
+            name="mmgcn-meld", file_name="MELD_features_raw1.pkl",
+            speaker_encoding="one_hot", reference=_MMGCN_REF,
             fields=(_f("videoIDs", "utterance_ids"), _f("videoSpeakers", "speakers"),
                     _f("videoLabels", "labels"), _f("videoText", "text", 600),
                     _f("videoAudio", "audio", 300), _f("videoVisual", "visual", 342),
                     _f("videoSentence", "sentences"), _f("trainVid", "train_ids"),
                     _f("testVid", "test_ids"), _f("_", "unused")),
         ),
-        LayoutSpec(
+        _layout(
             # Same order as mmgcn-iemocap; the DialogueRNN features are 100-d text (CNN), 100-d
             # audio (openSMILE reduced by an FC layer) and 512-d visual (3D-CNN).
-            name="dialoguernn-iemocap", dataset="iemocap", file_name="IEMOCAP_features_raw.pkl",
-            classes=IEMOCAP_CLASSES, speaker_encoding="gender", reference=_DRNN_REF,
+            name="dialoguernn-iemocap", file_name="IEMOCAP_features_raw.pkl",
+            speaker_encoding="gender", reference=_DRNN_REF,
             fields=(_f("videoIDs", "utterance_ids"), _f("videoSpeakers", "speakers"),
                     _f("videoLabels", "labels"), _f("videoText", "text", 100),
                     _f("videoAudio", "audio", 100), _f("videoVisual", "visual", 512),
                     _f("videoSentence", "sentences"), _f("trainVid", "train_ids"),
                     _f("testVid", "test_ids")),
         ),
-        LayoutSpec(
-            name="dialoguernn-meld", dataset="meld", file_name="MELD_features_raw.pkl",
-            classes=MELD_CLASSES, speaker_encoding="one_hot", reference=_DRNN_REF,
+        _layout(
+            name="dialoguernn-meld", file_name="MELD_features_raw.pkl",
+            speaker_encoding="one_hot", reference=_DRNN_REF,
             fields=(_f("videoIDs", "utterance_ids"), _f("videoSpeakers", "speakers"),
                     _f("videoLabels", "labels"), _f("videoText", "text", 600),
                     _f("videoAudio", "audio", 300), _f("videoSentence", "sentences"),
                     _f("trainVid", "train_ids"), _f("testVid", "test_ids"),
                     _f("videoLabelsSentiment", "sentiment_labels")),
         ),
-        LayoutSpec(
-            name="cosmic-iemocap", dataset="iemocap", file_name="iemocap_features_roberta.pkl",
-            classes=IEMOCAP_CLASSES, speaker_encoding="gender", reference=_COSMIC_REF,
+        _layout(
+            name="cosmic-iemocap", file_name="iemocap_features_roberta.pkl",
+            speaker_encoding="gender", reference=_COSMIC_REF,
             fields=(_f("speakers", "speakers"), _f("labels", "labels"),
                     _f("roberta1", "roberta1", 1024), _f("roberta2", "roberta2", 1024),
                     _f("roberta3", "roberta3", 1024), _f("roberta4", "roberta4", 1024),
                     _f("sentences", "sentences"), _f("trainIds", "train_ids"),
                     _f("testIds", "test_ids"), _f("validIds", "dev_ids")),
         ),
-        LayoutSpec(
-            name="cosmic-meld", dataset="meld", file_name="meld_features_roberta.pkl",
-            classes=MELD_CLASSES, speaker_encoding="one_hot", reference=_COSMIC_REF,
+        _layout(
+            name="cosmic-meld", file_name="meld_features_roberta.pkl",
+            speaker_encoding="one_hot", reference=_COSMIC_REF,
             fields=(_f("speakers", "speakers"), _f("emotion_labels", "labels"),
                     _f("sentiment_labels", "sentiment_labels"),
                     _f("roberta1", "roberta1", 1024), _f("roberta2", "roberta2", 1024),
@@ -458,15 +458,6 @@ def _data_error(message: str) -> DataError:
 
 def _id_sort_key(dialogue_id: Any) -> tuple[str, Any]:
     return (type(dialogue_id).__name__, dialogue_id)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _FileReader:
@@ -777,7 +768,7 @@ def read_feature_file(
         else f"text feature {spec.fields[spec.position('text')].name}"
     )
     description = (
-        f"{spec.dataset.upper()} features read from {source} (sha256 {file_sha256(source)}); "
+        f"{entry_for_layout(layout).title} features read from {source} (sha256 {file_sha256(source)}); "
         f"layout {layout} ({spec.reference}); {text_note}; {dev_note}"
     )
     metadata = DatasetMetadata(
@@ -796,6 +787,17 @@ def read_feature_file(
     )
     provenance = {"detected_layout": layout, "extractors": reported_extractors(layout, modality_dims)}
     return DialogueCorpus(metadata=metadata, splits=splits, provenance=provenance)
+
+
+def load_feature_file(path: str | os.PathLike, **options: Any) -> DialogueCorpus:
+    """:func:`read_feature_file`, with invalid options also reported as a one-line :class:`DataError`
+    (what a dataset path in a config or on the command line needs)."""
+    try:
+        return read_feature_file(path, **options)
+    except ValueError as error:
+        if isinstance(error, DataError):
+            raise
+        raise DataError(str(error)) from None
 
 
 def _unlisted_ids(reader: _FileReader, listed: Mapping[Any, str]) -> Iterable[Any]:

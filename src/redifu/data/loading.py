@@ -1,15 +1,20 @@
-"""Turning a :class:`~redifu.config.DataConfig` into a validated :class:`DialogueCorpus`."""
+"""Turning a :class:`~redifu.config.DataConfig` (or a path) into a validated :class:`DialogueCorpus`."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from redifu.config import DataConfig
 from redifu.data.dialogue import SPLITS, DataError, DialogueCorpus
+from redifu.data.feature_files import load_feature_file
+from redifu.data.store import is_stored_corpus, load_stored_corpus, read_manifest
+
+if TYPE_CHECKING:  # only for annotations: data/ does not depend on the config (or the model it builds)
+    from redifu.config import DataConfig
 
 
 def load_corpus(config: DataConfig) -> DialogueCorpus:
@@ -35,9 +40,6 @@ def load_corpus(config: DataConfig) -> DialogueCorpus:
 
 
 def _load_path(path: Path, config: DataConfig) -> DialogueCorpus:
-    from redifu.data.prepare import read_pickle
-    from redifu.data.store import is_stored_corpus, load_stored_corpus
-
     if not path.exists():
         raise DataError(f"data.path: {path}: no such file or directory")
     if path.is_dir():
@@ -47,8 +49,21 @@ def _load_path(path: Path, config: DataConfig) -> DialogueCorpus:
             f"data.path: {path}: not a redifu dataset directory (manifest.json is missing); "
             "use `redifu data prepare` or `redifu data convert` first"
         )
-    return read_pickle(path, layout=config.layout, text_feature=config.text_feature,
-                        dev_fraction=config.dev_fraction, dev_seed=config.dev_seed)
+    return load_feature_file(path, layout=config.layout, text_feature=config.text_feature,
+                             dev_fraction=config.dev_fraction, dev_seed=config.dev_seed)
+
+
+def load_any(path: str | Path, **pickle_options: Any) -> tuple[DialogueCorpus, dict[str, Any]]:
+    """A dataset directory or a feature pickle (read with ``pickle_options``), with its provenance."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    if path.is_dir():
+        if not is_stored_corpus(path):
+            raise DataError(f"{path}: not a redifu dataset (manifest.json is missing)")
+        return load_stored_corpus(path), read_manifest(path).get("provenance", {})
+    corpus = load_feature_file(path, **pickle_options)
+    return corpus, {"source_file": str(path), **corpus.provenance}
 
 
 def select_modalities(corpus: DialogueCorpus, modalities: tuple[str, ...], *, source: str) -> DialogueCorpus:

@@ -13,9 +13,6 @@ No pickle: anyone can read it with any safetensors and JSON library. Layout::
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,6 +20,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from redifu.data.dialogue import DataError, DatasetMetadata, Dialogue, DialogueCorpus
+from redifu.files import atomic_directory, recover_directory
 
 FORMAT = "redifu-dataset"
 VERSION = 1
@@ -30,24 +28,25 @@ MANIFEST = "manifest.json"
 
 
 def is_stored_corpus(path: str | Path) -> bool:
-    return (Path(path) / MANIFEST).is_file()
+    return (recover_directory(path) / MANIFEST).is_file()
 
 
 def save_corpus(corpus: DialogueCorpus, directory: str | Path, *, provenance: Mapping[str, Any] | None = None) -> Path:
     """Write ``corpus`` to ``directory`` atomically (a complete dataset or nothing)."""
     directory = Path(directory)
     corpus.validate(str(directory))
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-    try:
-        manifest = {
-            "format": FORMAT,
-            "version": VERSION,
-            "metadata": corpus.metadata.to_dict(),
-            "splits": {split: [d.dialogue_id for d in dialogues] for split, dialogues in corpus.splits.items()},
-            "utterances": {split: corpus.num_utterances(split) for split in corpus.splits},
-            "provenance": dict(provenance or {}),
-        }
+    recover_directory(directory)
+    if directory.exists() and not is_stored_corpus(directory) and (not directory.is_dir() or any(directory.iterdir())):
+        raise DataError(f"{directory}: exists and is not a redifu dataset; refusing to overwrite")
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "metadata": corpus.metadata.to_dict(),
+        "splits": {split: [d.dialogue_id for d in dialogues] for split, dialogues in corpus.splits.items()},
+        "utterances": {split: corpus.num_utterances(split) for split in corpus.splits},
+        "provenance": dict(provenance or {}),
+    }
+    with atomic_directory(directory) as staging:
         for split, dialogues in corpus.splits.items():
             lengths = np.array([len(d) for d in dialogues], dtype=np.int64)
             arrays = {
@@ -60,19 +59,13 @@ def save_corpus(corpus: DialogueCorpus, directory: str | Path, *, provenance: Ma
                     np.concatenate([d.features[modality] for d in dialogues]), dtype=np.float32
                 )
             save_file(arrays, str(staging / f"{split}.safetensors"), metadata={"format": FORMAT})
+        # the staging directory is renamed into place whole, so plain writes inside it are atomic
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if directory.exists():
-            if not is_stored_corpus(directory) and any(directory.iterdir()):
-                raise DataError(f"{directory}: exists and is not a redifu dataset; refusing to overwrite")
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return directory
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
+    recover_directory(directory)  # a replacement interrupted between its two renames
     path = Path(directory) / MANIFEST
     try:
         manifest = json.loads(path.read_text())

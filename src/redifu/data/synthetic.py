@@ -46,7 +46,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy.special import gammainc
 
-from .dialogue import MODALITIES, SPLITS, DatasetMetadata, Dialogue, DialogueCorpus
+from redifu.data.dialogue import MODALITIES, SPLITS, DatasetMetadata, Dialogue, DialogueCorpus
+from redifu.data.registry import entry_for_preset
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,10 @@ __all__ = [
     "speaker_context_mean",
 ]
 
-_IEMOCAP_CLASSES = ("happy", "sad", "neutral", "angry", "excited", "frustrated")
-_MELD_CLASSES = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
+# A preset takes its classes (names and order) and speaker slots from the registry entry it is
+# shaped like.
+_IEMOCAP = entry_for_preset("iemocap")
+_MELD = entry_for_preset("meld")
 
 
 def _iemocap_dims() -> dict[str, int]:
@@ -139,7 +142,7 @@ class SyntheticSpec:
     """
 
     name: str = "iemocap"
-    class_names: tuple[str, ...] = _IEMOCAP_CLASSES
+    class_names: tuple[str, ...] = _IEMOCAP.classes
     class_prior: tuple[float, ...] = (0.09, 0.15, 0.23, 0.15, 0.14, 0.24)
     text_groups: tuple[int, ...] = (0, 1, 1, 2, 0, 2)
     class_valence: tuple[float, ...] = (0.8, -0.7, 0.0, -0.7, 0.7, -0.5)
@@ -253,14 +256,14 @@ PRESETS: dict[str, SyntheticSpec] = {
     # MELD-like: 7 classes, up to 9 speakers, short dialogues, neutral-heavy prior.
     "meld": SyntheticSpec(
         name="meld",
-        class_names=_MELD_CLASSES,
+        class_names=_MELD.classes,
         class_prior=(0.47, 0.12, 0.03, 0.07, 0.17, 0.03, 0.11),
         # neutral/sadness, surprise/fear, joy alone, disgust/anger
         text_groups=(0, 1, 1, 0, 2, 3, 3),
         class_valence=(0.0, 0.4, -0.6, -0.7, 0.8, -0.6, -0.7),
         class_arousal=(-0.2, 0.8, 0.6, -0.6, 0.5, 0.0, 0.9),
-        num_speakers=9,
-        speakers_per_dialogue=(2, 9),
+        num_speakers=_MELD.speaker_slots,
+        speakers_per_dialogue=(2, _MELD.speaker_slots),
         speaker_count_decay=0.45,
         turn_switch_prob=0.85,
         train_dialogues=1039,

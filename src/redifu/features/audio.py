@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from redifu.data.dialogue import DataError
+from redifu.errors import DataError
 from redifu.features.info import ExtractorInfo, redifu_cache_dir, write_cache_npz
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,11 @@
-"""Turning what users hold into redifu datasets: feature pickles (``convert``), official CSV
-transcripts with sentence-encoder text features and, given the raw audio, openSMILE audio
-features (``prepare``), and a summary (``info``)."""
+"""Building redifu datasets from what users hold: the application pipelines behind
+``redifu data prepare`` (download -> transcript reader -> text encoder -> openSMILE -> store) and
+``redifu data convert`` (feature pickle -> store).
+
+Everything dataset-specific comes from the dataset's :mod:`redifu.data.registry` entry; the
+formats (:mod:`redifu.data`) and the extractors (:mod:`redifu.features`) are used here, and do
+not know each other.
+"""
 
 from __future__ import annotations
 
@@ -12,18 +17,24 @@ from typing import Any
 
 import numpy as np
 
-from redifu.data.dialogue import IGNORE_LABEL, DataError, DialogueCorpus
-from redifu.data.store import is_stored_corpus, load_stored_corpus, read_manifest, save_corpus
+from redifu.data import registry
+from redifu.data.dialogue import DataError, DialogueCorpus
+from redifu.data.download import fetch_dataset
+from redifu.data.feature_files import load_feature_file
+from redifu.data.store import save_corpus
+from redifu.data.summary import describe
+from redifu.features.info import redifu_cache_dir
+from redifu.files import file_sha256
 
 log = logging.getLogger(__name__)
 
-TRANSCRIPT_DATASETS = ("meld", "emorynlp")
+__all__ = ["ON_AUDIO_ERROR", "convert_feature_file", "default_download_dir", "describe", "prepare_transcripts"]
+
 ON_AUDIO_ERROR = ("fail", "skip-dialogue")
 
 
 def default_download_dir(name: str) -> Path:
-    from redifu.features.info import redifu_cache_dir
-
+    """Where downloads of dataset ``name`` go: ``~/.cache/redifu/datasets/NAME``."""
     return redifu_cache_dir("datasets", name)
 
 
@@ -37,10 +48,8 @@ def convert_feature_file(
     dev_seed: int = 0,
 ) -> DialogueCorpus:
     """Read a standard feature pickle safely and write it in redifu's open format."""
-    from redifu.data.feature_files import file_sha256
-
     path = Path(path)
-    corpus = read_pickle(path, layout=layout, text_feature=text_feature, dev_fraction=dev_fraction, dev_seed=dev_seed)
+    corpus = load_feature_file(path, layout=layout, text_feature=text_feature, dev_fraction=dev_fraction, dev_seed=dev_seed)
     save_corpus(corpus, output, provenance={
         "source_file": str(path.resolve()),
         "sha256": file_sha256(path),
@@ -52,18 +61,6 @@ def convert_feature_file(
         "description": corpus.metadata.description,
     })
     return corpus
-
-
-def read_pickle(path: Path, **options: Any) -> DialogueCorpus:
-    """A feature pickle through the safe reader; bad options become a one-line DataError."""
-    from redifu.data.feature_files import read_feature_file
-
-    try:
-        return read_feature_file(path, **options)
-    except ValueError as error:
-        if isinstance(error, DataError):
-            raise
-        raise DataError(str(error)) from None
 
 
 def prepare_transcripts(
@@ -82,13 +79,17 @@ def prepare_transcripts(
     on_audio_error: str = "fail",
     audio_cache_dir: str | Path | None = None,
     audio_extractor: Any = None,
+    text_encoder: Any = None,
 ) -> tuple[DialogueCorpus, dict[str, Any]]:
-    """Fetch (or read from ``source``) the official CSVs of ``name``, encode every utterance's
-    text with a sentence encoder and, with ``audio``, describe every utterance's audio with
-    openSMILE; write the redifu dataset to ``output`` (all of it or nothing).
+    """Fetch (or read from ``source``) the official files of dataset ``name``, read them with its
+    registry entry's reader, encode every utterance's text with a sentence encoder and, with
+    ``audio``, describe every utterance's audio with openSMILE; write the redifu dataset to
+    ``output`` (all of it or nothing).
 
     Args:
-        audio: Folder of the raw audio. MELD: its clips as the official archives unpack them
+        name: A preparable :mod:`redifu.data.registry` entry (``meld``, ``emorynlp``, ...).
+        source: Folder with the entry's files (checked against their pinned checksums).
+        audio: Folder of the raw audio, as the entry's ``audio_locator`` reads it. MELD: its clips as the official archives unpack them
             (``train_splits/``, ``dev_splits_complete/``, ``output_repeated_splits_test/`` holding
             ``dia{D}_utt{U}.mp4``; ``.wav``/``.flac`` copies are preferred). EmoryNLP: one file per
             Friends episode (``*s01e02*.mkv``...), cut at the CSVs' start/end times.
@@ -101,29 +102,35 @@ def prepare_transcripts(
         audio_cache_dir: Audio feature cache; default ``~/.cache/redifu/audio-features``.
         audio_extractor: An :class:`~redifu.features.audio.AudioFeatureExtractor` to use
             instead of building one (tests count its extractions).
+        text_encoder: A :class:`~redifu.features.text.TextEncoder` (or any object with its
+            ``encode``, ``info`` and ``model_name``) to use instead of building one from ``encoder``.
     """
-    from redifu.data.csv_corpora import MELD_SPEAKER_SLOTS, read_emorynlp_csvs, read_meld_csvs
-    from redifu.data.download import fetch_dataset
-    from redifu.features.text import DEFAULT_TEXT_ENCODER, TextEncoder
-
-    if name not in TRANSCRIPT_DATASETS:
-        raise DataError(f"dataset: unknown dataset {name!r}; known: {', '.join(TRANSCRIPT_DATASETS)}")
+    entry = registry.get(name)
+    if not entry.preparable:
+        raise DataError(f"dataset: {name!r} has no transcript reader; preparable: "
+                        f"{', '.join(registry.names(preparable=True))}")
     if on_audio_error not in ON_AUDIO_ERROR:
         raise DataError(f"on_audio_error: must be one of {', '.join(ON_AUDIO_ERROR)}, got {on_audio_error!r}")
+    if audio is not None and entry.audio_locator is None:
+        raise DataError(f"audio: dataset {name!r} has no audio layout (its registry entry has no audio_locator)")
     started = time.perf_counter()
     if source is not None:
-        directory = fetch_dataset(name, Path(source), source=Path(source))
+        directory = Path(source)
+        if entry.files:  # checked against the pinned checksums (a mismatch is only logged)
+            fetch_dataset(entry, directory, source=directory)
+    elif not entry.files:
+        raise DataError(f"dataset {name!r}: nothing to download; pass --source DIR with its files")
     else:
-        directory = fetch_dataset(name, Path(download_dir or default_download_dir(name)), base_url=base_url)
-    transcripts = (read_meld_csvs if name == "meld" else read_emorynlp_csvs)(directory)
-    num_speakers = MELD_SPEAKER_SLOTS if name == "meld" else max(transcripts.max_speakers, 1)
+        directory = fetch_dataset(entry, Path(download_dir or default_download_dir(name)), base_url=base_url)
+    transcripts = entry.read(directory)
+    num_speakers = entry.speaker_slots or max(transcripts.max_speakers, 1)
     extractors: dict[str, dict] = {}
     provenance: dict[str, Any] = {}
     features: dict[str, Any] = {}
     audio_stats: dict[str, Any] = {}
     if audio is not None:  # first: the slow part, and the one that decides which dialogues stay
         vectors, audio_provenance, audio_stats = _extract_transcript_audio(
-            name, transcripts, Path(audio), audio_set=audio_set, on_error=on_audio_error,
+            entry, transcripts, Path(audio), audio_set=audio_set, on_error=on_audio_error,
             cache_dir=audio_cache_dir, extractor=audio_extractor, progress=progress)
         transcripts = transcripts.without({s: set(ids) for s, ids in audio_stats["skipped_dialogues"].items()})
         empty = [s for s, dialogues in transcripts.splits.items() if not dialogues]
@@ -133,8 +140,11 @@ def prepare_transcripts(
             [vectors[(split, u.dialogue_id, u.index)] for d in dialogues for u in d])  # (U, D_audio)
         extractors["audio"] = audio_stats["extractor"]
         provenance["audio"] = audio_provenance
-    text_encoder = TextEncoder(encoder or DEFAULT_TEXT_ENCODER, batch_size=batch_size, cache_dir=cache_dir,
-                               progress=progress)
+    if text_encoder is None:
+        from redifu.features.text import DEFAULT_TEXT_ENCODER, TextEncoder
+
+        text_encoder = TextEncoder(encoder or DEFAULT_TEXT_ENCODER, batch_size=batch_size, cache_dir=cache_dir,
+                                   progress=progress)
     encode_started = time.perf_counter()
     description = f"{name} official CSVs, text features from {text_encoder.model_name}"
     if audio is not None:
@@ -145,7 +155,7 @@ def prepare_transcripts(
     extractor = asdict(text_encoder.info)
     save_corpus(corpus, output, provenance={
         "source_files": dict(transcripts.source_files),
-        "reader": f"redifu.data.csv_corpora.read_{name}_csvs",
+        "reader": entry.reader_name,
         "repaired_utterances": transcripts.repaired,
         "extractors": {"text": extractor, **extractors},
         **provenance,
@@ -157,7 +167,7 @@ def prepare_transcripts(
 
 
 def _extract_transcript_audio(
-    name: str,
+    entry: registry.DatasetEntry,
     transcripts: Any,
     directory: Path,
     *,
@@ -171,11 +181,10 @@ def _extract_transcript_audio(
     the provenance to store, and statistics (seconds, extractions, skipped dialogues)."""
     from tqdm.auto import tqdm
 
-    from redifu.data.csv_corpora import EpisodeAudio, MeldAudio
     from redifu.features.audio import AudioFeatureExtractor, audio_decoders
 
     started = time.perf_counter()
-    locator = MeldAudio(directory) if name == "meld" else EpisodeAudio(directory)
+    locator = entry.audio_locator(directory)
     locator.check(list(transcripts.splits))  # a wrong folder fails whatever on_error says
     extractor = extractor or AudioFeatureExtractor(audio_set, cache_dir=cache_dir)
     info = asdict(extractor.info)  # fails early (one line naming the extra) without opensmile
@@ -224,51 +233,3 @@ def _extract_transcript_audio(
     return vectors, provenance, stats
 
 
-def load_any(path: str | Path, **pickle_options: Any) -> tuple[DialogueCorpus, dict[str, Any]]:
-    """A converted dataset directory or a feature pickle, with its provenance."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file or directory")
-    if path.is_dir():
-        if not is_stored_corpus(path):
-            raise DataError(f"{path}: not a redifu dataset (manifest.json is missing)")
-        return load_stored_corpus(path), read_manifest(path).get("provenance", {})
-    corpus = read_pickle(path, **pickle_options)
-    return corpus, {"source_file": str(path), **corpus.provenance}
-
-
-def describe(corpus: DialogueCorpus, provenance: dict[str, Any] | None = None) -> str:
-    """A plain-text summary: dialogues and utterances per split, labels, feature sizes."""
-    meta = corpus.metadata
-    splits = [s for s in ("train", "dev", "test") if s in corpus.splits]
-    lines = [f"dataset: {meta.name}", f"description: {meta.description}" if meta.description else "",
-             f"classes: {', '.join(meta.classes)}", f"speaker slots: {meta.num_speakers}",
-             "features: " + ", ".join(f"{m} {d}" for m, d in meta.modality_dims.items()), ""]
-    width = max(12, max(len(c) for c in meta.classes) + 2)
-    lines.append(f"{'':<{width}}" + "".join(f"{s:>10}" for s in splits) + f"{'total':>10}")
-    dialogues = [len(corpus.splits[s]) for s in splits]
-    utterances = [corpus.num_utterances(s) for s in splits]
-    lines.append(f"{'dialogues':<{width}}" + "".join(f"{v:>10d}" for v in dialogues) + f"{sum(dialogues):>10d}")
-    lines.append(f"{'utterances':<{width}}" + "".join(f"{v:>10d}" for v in utterances) + f"{sum(utterances):>10d}")
-    counts = {}
-    for s in splits:
-        labels = np.concatenate([d.labels for d in corpus.splits[s]])
-        labels = labels[labels != IGNORE_LABEL]
-        counts[s] = np.bincount(labels, minlength=meta.num_classes)
-    for index, name in enumerate(meta.classes):
-        row = [int(counts[s][index]) for s in splits]
-        lines.append(f"{name:<{width}}" + "".join(f"{v:>10d}" for v in row) + f"{sum(row):>10d}")
-    if provenance:
-        lines.append("")
-        for key in ("source_file", "sha256", "layout", "detected_layout", "reader", "repaired_utterances"):
-            if key in provenance:
-                lines.append(f"{key}: {provenance[key]}")
-        if "extractors" in provenance:
-            for modality, extractor in provenance["extractors"].items():
-                note = f", as reported by {extractor.get('reported_by')}; not verified" \
-                    if extractor.get("verified") is False else ""
-                lines.append(f"{modality} extractor: {extractor.get('name')} ({extractor.get('dimension')}-d{note})")
-        if provenance.get("audio", {}).get("skipped_dialogues"):
-            skipped = provenance["audio"]["skipped_dialogues"]
-            lines.append("left out for their audio: " + ", ".join(f"{s} {len(ids)} dialogues" for s, ids in skipped.items()))
-    return "\n".join(lines) + "\n"
