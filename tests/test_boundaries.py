@@ -118,16 +118,8 @@ def test_data_imports_no_features_pipelines_training_or_model():
     assert _violations("data", ("redifu.errors", "redifu.files", "redifu.data")) == []
 
 
-# features/extract.py (owned by the predict/extract split of issue 11) still takes DataError from
-# redifu.data.dialogue on this branch; its rewrite takes it from redifu.errors.
-_PENDING_FEATURES = {"features/extract.py"}
-
-
 @pytest.mark.parametrize("path", [str(p.relative_to(SOURCE)) for p in _files("features")])
-def test_features_do_not_import_data(path, request):
-    if path in _PENDING_FEATURES:
-        request.applymarker(pytest.mark.xfail(
-            strict=False, reason="features/extract.py imports redifu.data.dialogue until the predict/extract split"))
+def test_features_do_not_import_data(path):
     allowed = ("redifu.errors", "redifu.files", "redifu.features")
     bad = [name for name in sorted(imports_of(SOURCE / path)) if _unit(name) and not _within(name, allowed)]
     assert bad == []

@@ -13,7 +13,7 @@ import pytest
 
 from redifu.cli import main
 from redifu.errors import DataError
-from redifu.features.extract import extract_features
+from redifu.extract import extract_features
 from redifu.predict.rows import AudioClip, RowWriter, read_conversations, utterance_row
 
 

@@ -260,7 +260,7 @@ def _refuse_nothing_predicted(path: str, reader) -> None:
 
 
 def cmd_features_extract(args: argparse.Namespace) -> int:
-    from redifu.features.extract import extract_features, features_dir
+    from redifu.extract import extract_features, features_dir
 
     started = time.perf_counter()
     output = Path(args.output)
