@@ -148,9 +148,9 @@ def build(config_path: str | None, overrides: Sequence[str] = (), *, seed: int =
     model_config = config.model_config(modality_dims=meta.modality_dims, num_classes=meta.num_classes,
                                        num_speakers=meta.num_speakers)
     torch.manual_seed(seed)
-    model = ReDiFu(model_config)
+    model = ReDiFu(model_config, activation_checkpointing=config.training.activation_checkpointing,
+                   fast_dropout=config.training.fast_dropout)
     model.set_feature_statistics(feature_statistics(corpus.splits["train"], model_config.modalities))
-    model.set_training_options(config.training)
     return Setup(config=config, corpus=corpus, model_config=model_config, model=model.to(device))
 
 

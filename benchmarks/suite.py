@@ -408,7 +408,7 @@ def render(results: dict[str, Any], *, command: str, gpu: dict[str, Any] | None 
         "mode, dropout on, N up to 800) and *no dropout* (eval mode with autograd on, every N). Peak RSS is "
         "measured for each N alone. The graph window is fixed, so the graph is linear in N; the attention "
         "maps of the denoiser and the fusion are never stored whole (fused flash attention without dropout, "
-        "`redifu.nn.memory_efficient_attention` with dropout), so memory grows linearly in N while compute "
+        "`redifu.nn.kernels.attention` with dropout), so memory grows linearly in N while compute "
         "in those attentions grows with N^2. In training mode the attention dropout dominates: PyTorch's "
         "CPU dropout draws one number per element of every (64, N, N) map from a serial generator (14 maps "
         "per step, and again in backward to recompute them), which keeping results equal to PyTorch's "
@@ -464,7 +464,7 @@ def render(results: dict[str, Any], *, command: str, gpu: dict[str, Any] | None 
         "on 2 cores); equal to eager within float tolerance (a slow test).",
         "- Fused attention: PyTorch's `scaled_dot_product_attention` wherever no dropout applies.",
         "- `training.fast_dropout=true` (CPU): attention-dropout masks drawn four to a 64-bit random word "
-        "(`redifu.nn.memory_efficient_attention.fast_keep_mask`, 16 bits per element, keep probability "
+        "(`redifu.nn.kernels.dropout_masks.fast_keep_mask`, 16 bits per element, keep probability "
         "rounded to 2^-16) instead of PyTorch's one serial Bernoulli draw per element, about 8 times faster "
         "to draw. Same distribution, other draws: a seed gives other results than without it, so it is off "
         "by default and the published tables use PyTorch's draws. Its rows in the goals table measure it.",

@@ -1,5 +1,6 @@
-"""Performance paths give the plain path's results: chunked attention with dropout, bf16
-autocast, torch.compile (``training.precision`` and ``training.compile``)."""
+"""Performance paths give the plain path's results: chunked attention with dropout, activation
+checkpointing, fast dropout masks, bf16 autocast, torch.compile (``training.precision`` and
+``training.compile``)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import redifu.nn.memory_efficient_attention as mea
+import redifu.nn.kernels.attention as mea
 from conftest import TINY_DIMS, TINY_SYNTHETIC, make_tiny_config
 from redifu.config import load_config
 from redifu.model import ReDiFu
+from redifu.nn.attention import MultiHeadAttention
+from redifu.nn.differential_attention import DifferentialAttention, DifferentialDenoiser, TemporalDifferentialAttention
+from redifu.nn.fusion import SymmetricFusion, TextGuidedFusion
+from redifu.nn.kernels.dropout_masks import fast_keep_mask
+from redifu.nn.relation_graph import RelationGraph
 from redifu.training.loss import redifu_loss
 from redifu.training.system import ReDiFuSystem, autocast_context, lightning_precision
 
@@ -148,26 +154,103 @@ def test_compiled_training_step_equals_eager(tiny_batch):
         torch.testing.assert_close(compiled_grads[key], grad, rtol=1e-3, atol=1e-4, msg=name)
 
 
+def _saved_for_backward(run):
+    """Elements of the tensors autograd keeps for backward while ``run()`` records a graph
+    (what activation checkpointing exists to reduce), and ``run()``'s result."""
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        result = run()
+    return sum(saved), result
+
+
+CHECKPOINTABLE = {
+    "denoiser": lambda **o: DifferentialDenoiser(dim=16, num_heads=2, num_layers=2, dropout=0.5, **o),
+    "graph": lambda **o: RelationGraph(dim=16, num_modalities=3, num_layers=2, num_heads=2, window=2,
+                                       cross_modal=True, dropout=0.5, **o),
+    "symmetric": lambda **o: SymmetricFusion(dim=16, modalities=("text", "audio", "visual"), num_layers=2,
+                                             num_heads=2, dropout=0.5, **o),
+    "text_guided": lambda **o: TextGuidedFusion(dim=16, modalities=("text", "audio", "visual"), num_layers=2,
+                                                num_heads=2, dropout=0.5, **o),
+}
+
+
+def _run_layer(name, module, inputs):
+    streams, speakers, mask = inputs
+    if name == "denoiser":
+        return module(streams[0], mask)[0]
+    if name == "graph":
+        return torch.stack(module(streams, speakers, mask)[0])
+    return module(dict(zip(("text", "audio", "visual"), streams)), mask).fused
+
+
+@pytest.mark.parametrize("name", sorted(CHECKPOINTABLE))
+def test_each_checkpointable_layer_keeps_less_and_gives_the_same_step(name):
+    """``activation_checkpointing=True`` keeps less for backward; recomputation redraws the
+    same dropout masks, so outputs and gradients are those without it."""
+    g = torch.Generator().manual_seed(0)
+    mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
+    inputs = ([torch.randn(2, 7, 16, generator=g) for _ in range(3)], torch.randint(0, 2, (2, 7), generator=g), mask)
+    torch.manual_seed(0)
+    plain = CHECKPOINTABLE[name]().train()
+    torch.manual_seed(0)
+    checkpointed = CHECKPOINTABLE[name](activation_checkpointing=True).train()
+    results = []
+    for module in (plain, checkpointed):
+        torch.manual_seed(4)
+        kept, out = _saved_for_backward(lambda: _run_layer(name, module, inputs))
+        out.pow(2).sum().backward()
+        results.append((kept, out.detach(), [p.grad for p in module.parameters()]))
+    (kept, out, grads), (kept_checkpointed, out_checkpointed, grads_checkpointed) = results
+    assert kept_checkpointed < 0.75 * kept  # symmetric fusion checkpoints its self-attention blocks only
+    torch.testing.assert_close(out_checkpointed, out, rtol=1e-6, atol=1e-6)
+    assert grads and all(g is not None for g in grads)
+    for got, want in zip(grads_checkpointed, grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("denoiser,fusion", [("dual", "text_guided"), ("temporal", "symmetric")])
 def test_activation_checkpointing_gives_the_same_training_step(tiny_batch, denoiser, fusion):
-    """Recomputed layers draw the same dropout masks: same logits and gradients."""
+    """The whole model: recomputed layers draw the same dropout masks, same logits and gradients."""
+    config = make_tiny_config(dropout=0.5, denoiser=denoiser, fusion=fusion)
     torch.manual_seed(0)
-    model = ReDiFu(make_tiny_config(dropout=0.5, denoiser=denoiser, fusion=fusion)).train()
+    model = ReDiFu(config).train()
     logits, grads = _train_step(model, tiny_batch)
-    model.set_activation_checkpointing(True)
-    assert model.graph.activation_checkpointing and model.fusion.activation_checkpointing
-    checkpointed_logits, checkpointed_grads = _train_step(model, tiny_batch)
+    torch.manual_seed(0)
+    checkpointed = ReDiFu(config, activation_checkpointing=True).train()
+    checkpointed_logits, checkpointed_grads = _train_step(checkpointed, tiny_batch)
     torch.testing.assert_close(checkpointed_logits, logits, rtol=1e-6, atol=1e-6)
-    assert grads.keys() == checkpointed_grads.keys()
+    assert grads and grads.keys() == checkpointed_grads.keys()
     for name in grads:
         torch.testing.assert_close(checkpointed_grads[name], grads[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_activation_checkpointing_flag_reaches_the_model(tiny_config):
-    config = load_config(None, ["training.activation_checkpointing=true"])
-    system = ReDiFuSystem(model_config=tiny_config.to_dict(), training=config.to_dict()["training"])
-    assert all(module.activation_checkpointing for module in system.model.modules()
-               if hasattr(module, "activation_checkpointing"))
+def _layers(model, types):
+    layers = [m for m in model.modules() if isinstance(m, types)]
+    assert layers, f"no {types} in the model"
+    return layers
+
+
+CHECKPOINTED_TYPES = (DifferentialDenoiser, RelationGraph, SymmetricFusion, TextGuidedFusion)
+ATTENTION_TYPES = (DifferentialAttention, TemporalDifferentialAttention, MultiHeadAttention)
+
+
+@pytest.mark.parametrize("denoiser,fusion", [("dual", "text_guided"), ("temporal", "symmetric")])
+def test_training_options_reach_every_layer_that_takes_them(denoiser, fusion):
+    """The training config's options go through ReDiFuSystem to each layer's constructor."""
+    config = make_tiny_config(denoiser=denoiser, fusion=fusion)
+    options = load_config(None, ["training.activation_checkpointing=true", "training.fast_dropout=true"])
+    system = ReDiFuSystem(model_config=config.to_dict(), training=options.to_dict()["training"])
+    assert {type(m) for m in _layers(system.model, CHECKPOINTED_TYPES)} >= {DifferentialDenoiser, RelationGraph}
+    assert all(m.activation_checkpointing for m in _layers(system.model, CHECKPOINTED_TYPES))
+    assert all(m.fast_dropout for m in _layers(system.model, ATTENTION_TYPES))
+    plain = ReDiFuSystem(model_config=config.to_dict(), training=load_config().to_dict()["training"])
+    assert not any(m.activation_checkpointing for m in _layers(plain.model, CHECKPOINTED_TYPES))
+    assert not any(m.fast_dropout for m in _layers(plain.model, ATTENTION_TYPES))
 
 
 def test_wide_values_without_dropout_equal_the_math_path():
@@ -180,15 +263,15 @@ def test_wide_values_without_dropout_equal_the_math_path():
 def test_fast_keep_mask_is_bernoulli_with_the_keep_probability():
     torch.manual_seed(0)
     for keep in (0.5, 0.4, 0.9):
-        mask = mea.fast_keep_mask((300, 1001), keep)
+        mask = fast_keep_mask((300, 1001), keep)
         assert mask.shape == (300, 1001) and mask.dtype == torch.bool
         assert abs(mask.float().mean().item() - keep) < 0.005  # 300,300 draws: sd < 0.001
-    first = mea.fast_keep_mask((64,), 0.5)
-    assert not torch.equal(first, mea.fast_keep_mask((64,), 0.5))  # fresh draws each call
+    first = fast_keep_mask((64,), 0.5)
+    assert not torch.equal(first, fast_keep_mask((64,), 0.5))  # fresh draws each call
     torch.manual_seed(3)
-    again = mea.fast_keep_mask((7, 5), 0.3)
+    again = fast_keep_mask((7, 5), 0.3)
     torch.manual_seed(3)
-    assert torch.equal(again, mea.fast_keep_mask((7, 5), 0.3))  # the default generator's seed decides
+    assert torch.equal(again, fast_keep_mask((7, 5), 0.3))  # the default generator's seed decides
 
 
 def test_fast_dropout_attention_uses_its_mask_in_forward_and_backward():
@@ -196,7 +279,7 @@ def test_fast_dropout_attention_uses_its_mask_in_forward_and_backward():
     (q, k, v), mask = _qkv(2, 3, 6, 6, 4, 8)
     grad = torch.randn(2, 3, 6, 8, generator=torch.Generator().manual_seed(9))
     torch.manual_seed(5)
-    noise = mea.fast_keep_mask((2 * 3, 6, 6), 0.6).view(2, 3, 6, 6).float() / 0.6
+    noise = fast_keep_mask((2 * 3, 6, 6), 0.6).view(2, 3, 6, 6).float() / 0.6
     scores = (q @ k.transpose(-1, -2) * 0.3).masked_fill(~mask[:, None, None, :], float("-inf"))
     expected = (scores.softmax(-1) * noise) @ v
     expected_grads = torch.autograd.grad(expected, (q, k, v), grad)
@@ -214,22 +297,42 @@ def test_fast_dropout_keeps_the_expectation_and_works_with_checkpointing(tiny_ba
                          for _ in range(3000)])
     torch.testing.assert_close(draws.mean(0), plain, atol=0.05, rtol=0)
 
-    torch.manual_seed(0)
-    model = ReDiFu(make_tiny_config(dropout=0.5)).train().set_fast_dropout(True)
-    assert all(m.fast_dropout for m in model.modules() if hasattr(m, "fast_dropout"))
-    logits, grads = _train_step(model, tiny_batch)
-    model.set_fast_dropout(False)
-    assert not torch.allclose(_train_step(model, tiny_batch)[0], logits)  # other masks, other step
-    model.set_fast_dropout(True).set_activation_checkpointing(True)  # recomputation redraws the same masks
-    checkpointed_logits, checkpointed_grads = _train_step(model, tiny_batch)
-    torch.testing.assert_close(checkpointed_logits, logits, rtol=1e-6, atol=1e-6)
+    config = make_tiny_config(dropout=0.5)
+    models = {}
+    for name, options in {"plain": {}, "fast": dict(fast_dropout=True),
+                          "fast+checkpointing": dict(fast_dropout=True, activation_checkpointing=True)}.items():
+        torch.manual_seed(0)
+        models[name] = ReDiFu(config, **options).train()
+    logits, grads = _train_step(models["fast"], tiny_batch)
+    assert not torch.allclose(_train_step(models["plain"], tiny_batch)[0], logits)  # other masks, other step
+    checkpointed_logits, checkpointed_grads = _train_step(models["fast+checkpointing"], tiny_batch)
+    torch.testing.assert_close(checkpointed_logits, logits, rtol=1e-6, atol=1e-6)  # recomputation redraws them
+    assert grads
     for name in grads:
         torch.testing.assert_close(checkpointed_grads[name], grads[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_fast_dropout_flag_reaches_the_model(tiny_config):
-    config = load_config(None, ["training.fast_dropout=true"])
-    system = ReDiFuSystem(model_config=tiny_config.to_dict(), training=config.to_dict()["training"])
-    assert all(m.fast_dropout for m in system.model.modules() if hasattr(m, "fast_dropout"))
-    plain = ReDiFuSystem(model_config=tiny_config.to_dict(), training=load_config().to_dict()["training"])
-    assert not any(m.fast_dropout for m in plain.model.modules() if hasattr(m, "fast_dropout"))
+ATTENTIONS = {
+    "multi_head": lambda **o: MultiHeadAttention(dim=16, num_heads=2, dropout=0.5, **o),
+    "dual": lambda **o: DifferentialAttention(dim=16, num_heads=2, dropout=0.5, **o),
+    "temporal": lambda **o: TemporalDifferentialAttention(dim=16, num_heads=2, dropout=0.5, **o),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ATTENTIONS))
+def test_fast_dropout_changes_only_the_training_masks_of_each_attention(name):
+    x = torch.randn(2, 6, 16, generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
+    torch.manual_seed(0)
+    plain = ATTENTIONS[name]()
+    torch.manual_seed(0)
+    fast = ATTENTIONS[name](fast_dropout=True)
+    outputs = {}
+    for mode in ("train", "eval"):
+        for label, module in (("plain", plain), ("fast", fast)):
+            getattr(module, mode)()
+            torch.manual_seed(1)
+            with torch.no_grad():
+                outputs[mode, label] = module(x, mask)[0]
+    torch.testing.assert_close(outputs["eval", "fast"], outputs["eval", "plain"])
+    assert not torch.allclose(outputs["train", "fast"], outputs["train", "plain"])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import redifu.nn.memory_efficient_attention as mea
+import redifu.nn.kernels.attention as mea
 from conftest import TINY_SYNTHETIC, make_tiny_config
 from redifu.checkpoint import load_checkpoint
 from redifu.config import load_config

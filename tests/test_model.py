@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_DIMS, make_tiny_config
 from redifu.data.batching import DialogueDataset, collate_dialogues
 from redifu.config import load_config
-from redifu.model import ConfigError, ReDiFu, ReDiFuConfig, ReDiFuOutput
+from redifu.model import ConfigError, ModalityEncoder, ReDiFu, ReDiFuConfig, ReDiFuOutput
 from redifu.training.loss import redifu_loss
 
 MODALITY_SETS = [("text",), ("text", "audio"), ("text", "visual"), ("text", "audio", "visual")]
@@ -41,7 +41,7 @@ def test_every_component_combination_runs_forward_and_backward(tiny_corpus, deno
     assert torch.isfinite(out.logits).all()
     (out.logits.sum() + sum(x.sum() for x in out.modality_logits.values())).backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
 @pytest.mark.parametrize("modalities", MODALITY_SETS)
@@ -105,6 +105,31 @@ def test_parameters_finite_after_init_and_reset(tiny_config):
     after = list(model.parameters())
     assert all(torch.isfinite(p).all() for p in after)
     assert any(not torch.equal(a, b) for a, b in zip(before, after) if a.numel() > 1)
+
+
+def test_modality_encoder_reset_reinitialises_every_parameter():
+    encoder = ModalityEncoder(in_dim=5, dim=4)
+    with torch.no_grad():
+        for p in encoder.parameters():
+            p.fill_(float("nan"))
+    encoder.reset_parameters()
+    names = [name for name, _ in encoder.named_parameters()]
+    assert names
+    for name, p in encoder.named_parameters():
+        assert torch.isfinite(p).all(), name
+
+
+def test_training_options_are_not_saved_with_the_model(tiny_config, tiny_batch):
+    """Activation checkpointing and fast dropout are constructor options, not state: a model
+    built with them saves the state a plain one loads strictly, and evaluates the same."""
+    torch.manual_seed(0)
+    trained = ReDiFu(tiny_config, activation_checkpointing=True, fast_dropout=True).eval()
+    plain = ReDiFu(tiny_config).eval()
+    plain.load_state_dict(trained.state_dict(), strict=True)
+    assert trained.state_dict().keys() == plain.state_dict().keys()
+    with torch.no_grad():
+        inputs = (tiny_batch.features, tiny_batch.speakers, tiny_batch.mask)
+        torch.testing.assert_close(plain(*inputs).logits, trained(*inputs).logits, rtol=0, atol=0)
 
 
 def test_return_attention_gives_maps_and_graph_weights(tiny_corpus, tiny_config):
@@ -221,7 +246,8 @@ def test_constant_training_feature_gets_scale_one(tiny_config):
 def test_no_positions_means_no_rotary_in_the_fusion():
     config = make_tiny_config(position_encoding="none")
     assert config.cross_rotary is False
-    assert all(block.rotary is None for block in ReDiFu(config).fusion.layers[0].cross.values())
+    cross = list(ReDiFu(config).fusion.layers[0].cross.values())
+    assert cross and all(block.rotary is None for block in cross)
     assert make_tiny_config().cross_rotary is True
     with pytest.raises(ConfigError, match="model.cross_rotary"):
         make_tiny_config(position_encoding="none", cross_rotary=True)

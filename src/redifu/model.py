@@ -251,6 +251,19 @@ class ReDiFu(nn.Module):
 
     Args:
         config (ReDiFuConfig): The frozen model configuration.
+        activation_checkpointing (bool, optional): Recompute each denoiser, graph and fusion
+            layer's activations in backward instead of keeping them (less memory, one more
+            forward pass per step; same results, dropout masks included).
+            (default: ``False``)
+        fast_dropout (bool, optional): On the CPU, draw the attention-dropout masks four to a
+            random word (:func:`redifu.nn.kernels.dropout_masks.fast_keep_mask`): the same
+            distribution, other draws than PyTorch's dropout, so a seed gives other (not worse)
+            results than without it. (default: ``False``)
+
+        Both are training-time choices that the training code passes in
+        (``training.activation_checkpointing``, ``training.fast_dropout``); they build the same
+        parameters and change nothing in evaluation, so they are not part of the config nor of
+        checkpoints, and a checkpoint loads without them.
 
     Shapes:
         - features: per modality ``(B, N, D_m)`` float; every configured modality is required
@@ -258,9 +271,12 @@ class ReDiFu(nn.Module):
         - output logits: ``(B, N, C)``
     """
 
-    def __init__(self, config: ReDiFuConfig) -> None:
+    def __init__(self, config: ReDiFuConfig, *, activation_checkpointing: bool = False,
+                 fast_dropout: bool = False) -> None:
         super().__init__()
         self.config = config
+        self.activation_checkpointing = activation_checkpointing
+        self.fast_dropout = fast_dropout
         dim = config.hidden_size
         rotary = config.position_encoding == "rotary"
         self.encoders = nn.ModuleDict({m: ModalityEncoder(in_dim=d, dim=dim) for m, d in config.modality_dims.items()})
@@ -279,6 +295,8 @@ class ReDiFu(nn.Module):
                         dropout=config.dropout,
                         ffn_mult=config.ffn_mult,
                         rotary=rotary,
+                        fast_dropout=fast_dropout,
+                        activation_checkpointing=activation_checkpointing,
                     )
         self.graph = None
         if config.graph != "off":
@@ -292,6 +310,7 @@ class ReDiFu(nn.Module):
                 cross_window=config.cross_window,
                 speaker_aware=config.speaker_aware,
                 dropout=config.dropout,
+                activation_checkpointing=activation_checkpointing,
             )
         self.fusion = build_fusion(
             config.fusion,
@@ -305,6 +324,8 @@ class ReDiFu(nn.Module):
             cross_rotary=config.cross_rotary,
             aligned=config.fusion_aligned,
             fused_output=config.logit_weights is None,
+            fast_dropout=fast_dropout,
+            activation_checkpointing=activation_checkpointing,
         )
         # Only the parts a config uses are built: with fixed logit weights the fused classifier
         # would get no gradient (and plain DDP refuses parameters without one).
@@ -337,31 +358,6 @@ class ReDiFu(nn.Module):
             # A feature constant in training carries nothing: scale 1 keeps it from being
             # multiplied by 1e6 when it varies at test time.
             encoder.feature_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
-
-    def set_activation_checkpointing(self, enabled: bool = True) -> "ReDiFu":
-        """Recompute each denoiser, graph and fusion layer's activations in backward instead of
-        keeping them (less memory, one more forward pass per step; same results, dropout masks
-        included). A training-time choice, not part of the config."""
-        return self._set_layer_flag("activation_checkpointing", enabled)
-
-    def set_fast_dropout(self, enabled: bool = True) -> "ReDiFu":
-        """Draw the attention-dropout masks on the CPU four to a random word
-        (:func:`redifu.nn.memory_efficient_attention.fast_keep_mask`): the same distribution,
-        other draws than PyTorch's dropout, so a seed gives other (not worse) results than
-        without it. A training-time choice, not part of the config."""
-        return self._set_layer_flag("fast_dropout", enabled)
-
-    def set_training_options(self, training) -> "ReDiFu":
-        """Apply a :class:`redifu.config.TrainingConfig`'s layer options (activation
-        checkpointing, fast dropout)."""
-        self.set_activation_checkpointing(training.activation_checkpointing)
-        return self.set_fast_dropout(training.fast_dropout)
-
-    def _set_layer_flag(self, name: str, enabled: bool) -> "ReDiFu":
-        for module in self.modules():
-            if hasattr(module, name):
-                setattr(module, name, enabled)
-        return self
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -230,8 +230,8 @@ def test_identical_halves_give_scaled_single_map_in_training(rotary: bool, fast_
     """With dropout on, the difference still cancels: identical halves give (1 - lambda) times
     single-map attention *with the same dropout draw*, before the per-head normalisation.
     Independent masks per map (the defect of issue 11) break this for every draw."""
-    module = DifferentialAttention(dim=DIM, num_heads=HEADS, rotary=rotary, dropout=0.5).train()
-    module.fast_dropout = fast_dropout
+    module = DifferentialAttention(dim=DIM, num_heads=HEADS, rotary=rotary, dropout=0.5,
+                                   fast_dropout=fast_dropout).train()
     H, d = HEADS, module.head_dim
     with torch.no_grad():
         for proj in (module.q_proj, module.k_proj):
@@ -251,7 +251,7 @@ def test_identical_halves_give_scaled_single_map_in_training(rotary: bool, fast_
     assert not torch.allclose(heads, clean, atol=1e-3)  # dropout did act
     # the single map with one draw of the same mask, as the layer's kernel draws it
     torch.manual_seed(100 + draw)
-    from redifu.nn.memory_efficient_attention import masked_attention
+    from redifu.nn.kernels.attention import masked_attention
 
     with torch.no_grad():
         q1 = rotate(module, linear(module.q_proj, x).view(*x.shape[:2], H, 2, d)[:, :, :, 0].transpose(1, 2))
@@ -449,13 +449,15 @@ def _all_modules() -> list[torch.nn.Module]:
         TemporalDifferentialAttention(dim=DIM, num_heads=HEADS, rotary=True, bias=True),
         DifferentialTransformerLayer(dim=DIM, num_heads=HEADS, variant="temporal"),
         DifferentialDenoiser(dim=DIM, num_heads=HEADS, num_layers=2),
+        SwiGLUFeedForward(dim=DIM, hidden_dim=24),
     ]
 
 
-@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("index", range(5))
 def test_parameters_finite_and_reset(index: int) -> None:
     module = _all_modules()[index]
     initial = {name: p.detach().clone() for name, p in module.named_parameters()}
+    assert initial
     for name, p in initial.items():
         assert torch.isfinite(p).all(), name
     with torch.no_grad():

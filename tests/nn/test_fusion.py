@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from redifu.nn.attention import MultiHeadAttention
-from redifu.nn.fusion import ConcatFusion, SymmetricFusion, TextGuidedFusion, build_fusion
+from redifu.nn.attention import FeedForward, MultiHeadAttention, TransformerBlock
+from redifu.nn.fusion import ConcatFusion, DiffusionLayer, SymmetricFusion, TextGuidedFusion, build_fusion
 
 MODALITIES = ("text", "audio", "visual")
 
@@ -129,11 +129,30 @@ def test_invalid_options(kwargs, match):
         build_fusion("sum", dim=8, modalities=MODALITIES, num_layers=1, num_heads=2)
 
 
-def test_parameters_finite_after_init():
-    for kind in ("concat", "symmetric", "text_guided"):
-        fusion = build_fusion(kind, dim=8, modalities=MODALITIES, num_layers=1, num_heads=2)
-        fusion.reset_parameters()
-        assert all(torch.isfinite(p).all() for p in fusion.parameters())
+LAYERS = {
+    "concat": lambda: ConcatFusion(dim=8, modalities=MODALITIES),
+    "symmetric": lambda: SymmetricFusion(dim=8, modalities=MODALITIES, num_layers=2, num_heads=2),
+    "text_guided": lambda: TextGuidedFusion(dim=8, modalities=MODALITIES, num_layers=2, num_heads=2),
+    "diffusion_layer": lambda: DiffusionLayer(dim=8, modalities=MODALITIES, num_heads=2, cross_rotary=True),
+    "multi_head_attention": lambda: MultiHeadAttention(dim=8, num_heads=2, rotary=True),
+    "feed_forward": lambda: FeedForward(dim=8),
+    "transformer_block": lambda: TransformerBlock(dim=8, num_heads=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_parameters_finite_after_init_and_reset(name):
+    """reset_parameters() re-initialises every parameter (none is left as it was, e.g. NaN)."""
+    layer = LAYERS[name]()
+    parameters = list(layer.parameters())
+    assert parameters
+    assert all(torch.isfinite(p).all() for p in parameters)
+    with torch.no_grad():
+        for p in parameters:
+            p.fill_(float("nan"))
+    layer.reset_parameters()
+    for parameter_name, p in layer.named_parameters():
+        assert torch.isfinite(p).all(), f"{parameter_name} not re-initialised"
 
 
 class PassThrough(torch.nn.Module):

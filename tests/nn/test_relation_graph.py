@@ -307,6 +307,7 @@ def test_module_returns_interpretable_attention(config):
 
 def test_module_parameters_finite_after_init_and_reset(config):
     model = RelationGraph(**config, num_bases=3)
+    assert list(model.parameters())
     assert all(torch.isfinite(p).all() for p in model.parameters())
     with torch.no_grad():
         for p in model.parameters():

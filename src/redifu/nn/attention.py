@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from redifu.nn.memory_efficient_attention import masked_attention
+from redifu.nn.kernels.attention import masked_attention
 from redifu.nn.positional import RotaryEmbedding, apply_rotary
 
 
@@ -32,19 +32,24 @@ class MultiHeadAttention(nn.Module):
         rotary (bool, optional): Apply rotary position embedding to queries and keys; only
             meaningful for self-attention (query and key positions share an index).
             (default: ``False``)
+        fast_dropout (bool, optional): On the CPU, draw the attention-dropout mask with
+            :func:`~redifu.nn.kernels.dropout_masks.fast_keep_mask` (same distribution, other
+            draws than PyTorch's dropout for a seed). A training-time choice. (default: ``False``)
 
     Shapes:
         - x: ``(B, N, D)``; context: ``(B, M, D)``; key_mask: ``(B, M)`` bool, True = real
         - output: ``(B, N, D)``; attention (if requested): ``(B, H, N, M)``
     """
 
-    def __init__(self, *, dim: int, num_heads: int, dropout: float = 0.0, rotary: bool = False) -> None:
+    def __init__(
+        self, *, dim: int, num_heads: int, dropout: float = 0.0, rotary: bool = False, fast_dropout: bool = False
+    ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"num_heads ({num_heads}) must divide dim ({dim})")
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.dropout = dropout
-        self.fast_dropout = False  # see ReDiFu.set_fast_dropout
+        self.fast_dropout = fast_dropout
         self.q_proj = nn.Linear(dim, dim)
         self.kv_proj = nn.Linear(dim, 2 * dim)
         self.out_proj = nn.Linear(dim, dim)
@@ -121,17 +126,28 @@ class TransformerBlock(nn.Module):
         dropout (float, optional): Residual and attention dropout. (default: ``0.0``)
         ffn_mult (float, optional): Feed-forward hidden multiple. (default: ``2.0``)
         rotary (bool, optional): Rotary position embedding in the attention. (default: ``False``)
+        fast_dropout (bool, optional): On the CPU, draw the attention-dropout mask with
+            :func:`~redifu.nn.kernels.dropout_masks.fast_keep_mask` (same distribution, other
+            draws than PyTorch's dropout for a seed). A training-time choice. (default: ``False``)
 
     Shapes:
         - x: ``(B, N, D)``, mask: ``(B, N)`` bool -> ``(B, N, D)``
     """
 
     def __init__(
-        self, *, dim: int, num_heads: int, dropout: float = 0.0, ffn_mult: float = 2.0, rotary: bool = False
+        self,
+        *,
+        dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        ffn_mult: float = 2.0,
+        rotary: bool = False,
+        fast_dropout: bool = False,
     ) -> None:
         super().__init__()
         self.attn_norm = nn.LayerNorm(dim)
-        self.attn = MultiHeadAttention(dim=dim, num_heads=num_heads, dropout=dropout, rotary=rotary)
+        self.attn = MultiHeadAttention(dim=dim, num_heads=num_heads, dropout=dropout, rotary=rotary,
+                                       fast_dropout=fast_dropout)
         self.ffn_norm = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim=dim, mult=ffn_mult, dropout=dropout)
         self.dropout = nn.Dropout(dropout)

@@ -23,7 +23,7 @@ attention dropout 70.60 / 79.04, dropout on the head outputs instead 67.52 / 79.
 differences between the first two are within one seed's spread; shared has the best mean).
 
 Both compute the product of each map with the values through
-:func:`redifu.nn.memory_efficient_attention.masked_attention_pair` (PyTorch's fused kernel, or a
+:func:`redifu.nn.kernels.attention.masked_attention_pair` (PyTorch's fused kernel, or a
 chunked one with attention dropout on the CPU), so no ``(B, H, N, N)`` tensor is kept unless
 the attention maps are requested.
 
@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from redifu.nn.checkpointing import run_layer
-from redifu.nn.memory_efficient_attention import masked_attention_pair
+from redifu.nn.kernels.attention import masked_attention_pair
+from redifu.nn.kernels.checkpointing import run_layer
 from redifu.nn.positional import RotaryEmbedding, apply_rotary
 
 VARIANTS: tuple[str, ...] = ("dual", "temporal")
@@ -116,6 +116,9 @@ class DifferentialAttention(nn.Module):
         rotary (bool, optional): Apply rotary position embedding (utterance positions
             ``0..N-1``) to :math:`Q_1, Q_2, K_1, K_2`; needs an even ``d``. (default: ``False``)
         bias (bool, optional): Use biases in the projections. (default: ``False``)
+        fast_dropout (bool, optional): On the CPU, draw the attention-dropout mask with
+            :func:`~redifu.nn.kernels.dropout_masks.fast_keep_mask` (same distribution, other
+            draws than PyTorch's dropout for a seed). A training-time choice. (default: ``False``)
 
     Shapes:
         - x: ``(B, N, D)``
@@ -133,6 +136,7 @@ class DifferentialAttention(nn.Module):
         dropout: float = 0.0,
         rotary: bool = False,
         bias: bool = False,
+        fast_dropout: bool = False,
     ) -> None:
         super().__init__()
         _validate_common(dim=dim, num_heads=num_heads, dropout=dropout)
@@ -150,7 +154,7 @@ class DifferentialAttention(nn.Module):
         self.head_dim = head_dim
         self.layer_index = layer_index
         self.dropout = dropout
-        self.fast_dropout = False  # see ReDiFu.set_fast_dropout
+        self.fast_dropout = fast_dropout
         self.lambda_init = lambda_init_for_layer(layer_index)
         self.scale = 1.0 / math.sqrt(head_dim)
 
@@ -257,6 +261,9 @@ class TemporalDifferentialAttention(nn.Module):
         bias (bool, optional): Use biases in the projections. (default: ``False``)
         lambda_init (float, optional): Initial :math:`\lambda_h`, in ``(0, 1)``; also the
             constant output scale ``1 - lambda_init``. (default: ``0.5``)
+        fast_dropout (bool, optional): On the CPU, draw the attention-dropout mask with
+            :func:`~redifu.nn.kernels.dropout_masks.fast_keep_mask` (same distribution, other
+            draws than PyTorch's dropout for a seed). A training-time choice. (default: ``False``)
 
     Shapes:
         - x: ``(B, N, D)``
@@ -274,6 +281,7 @@ class TemporalDifferentialAttention(nn.Module):
         rotary: bool = False,
         bias: bool = False,
         lambda_init: float = 0.5,
+        fast_dropout: bool = False,
     ) -> None:
         super().__init__()
         _validate_common(dim=dim, num_heads=num_heads, dropout=dropout)
@@ -288,7 +296,7 @@ class TemporalDifferentialAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.dropout = dropout
-        self.fast_dropout = False  # see ReDiFu.set_fast_dropout
+        self.fast_dropout = fast_dropout
         self.lambda_init = float(lambda_init)
         self.scale = 1.0 / math.sqrt(head_dim)
 
@@ -420,6 +428,9 @@ class DifferentialTransformerLayer(nn.Module):
             (default: ``2.0``)
         rotary (bool, optional): Rotary position embedding inside the attention.
             (default: ``False``)
+        fast_dropout (bool, optional): On the CPU, draw the attention-dropout mask with
+            :func:`~redifu.nn.kernels.dropout_masks.fast_keep_mask` (same distribution, other
+            draws than PyTorch's dropout for a seed). A training-time choice. (default: ``False``)
 
     Shapes:
         - x: ``(B, N, D)``; mask: ``(B, N)`` bool, True for real utterances
@@ -436,6 +447,7 @@ class DifferentialTransformerLayer(nn.Module):
         dropout: float = 0.0,
         ffn_mult: float = 2.0,
         rotary: bool = False,
+        fast_dropout: bool = False,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -448,13 +460,14 @@ class DifferentialTransformerLayer(nn.Module):
         self.attn: DifferentialAttention | TemporalDifferentialAttention
         if variant == "dual":
             self.attn = DifferentialAttention(
-                dim=dim, num_heads=num_heads, layer_index=layer_index, dropout=dropout, rotary=rotary
+                dim=dim, num_heads=num_heads, layer_index=layer_index, dropout=dropout, rotary=rotary,
+                fast_dropout=fast_dropout,
             )
         else:
             if layer_index < 0:
                 raise ValueError(f"layer_index must be >= 0, got {layer_index}")
             self.attn = TemporalDifferentialAttention(
-                dim=dim, num_heads=num_heads, dropout=dropout, rotary=rotary
+                dim=dim, num_heads=num_heads, dropout=dropout, rotary=rotary, fast_dropout=fast_dropout
             )
         self.ffn_norm = nn.LayerNorm(dim)
         self.ffn = SwiGLUFeedForward(dim=dim, hidden_dim=max(1, round(ffn_mult * dim)))
@@ -491,6 +504,12 @@ class DifferentialDenoiser(nn.Module):
         ffn_mult (float, optional): SwiGLU hidden size multiplier. (default: ``2.0``)
         rotary (bool, optional): Rotary position embedding inside every attention.
             (default: ``False``)
+        fast_dropout (bool, optional): On the CPU, draw the attention-dropout mask with
+            :func:`~redifu.nn.kernels.dropout_masks.fast_keep_mask` (same distribution, other
+            draws than PyTorch's dropout for a seed). A training-time choice. (default: ``False``)
+        activation_checkpointing (bool, optional): Recompute each layer's activations in
+            backward instead of keeping them (:mod:`redifu.nn.kernels.checkpointing`; same
+            results, dropout masks included). A training-time choice. (default: ``False``)
 
     Shapes:
         - x: ``(B, N, D)``; mask: ``(B, N)`` bool, True for real utterances
@@ -508,6 +527,8 @@ class DifferentialDenoiser(nn.Module):
         dropout: float = 0.0,
         ffn_mult: float = 2.0,
         rotary: bool = False,
+        fast_dropout: bool = False,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if num_layers < 1:
@@ -523,11 +544,12 @@ class DifferentialDenoiser(nn.Module):
                 dropout=dropout,
                 ffn_mult=ffn_mult,
                 rotary=rotary,
+                fast_dropout=fast_dropout,
             )
             for index in range(num_layers)
         )
         self.norm = nn.LayerNorm(dim)
-        self.activation_checkpointing = False  # see redifu.nn.checkpointing
+        self.activation_checkpointing = activation_checkpointing
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -540,7 +562,8 @@ class DifferentialDenoiser(nn.Module):
     ) -> tuple[Tensor, list[Tensor] | None]:
         maps: list[Tensor] = []
         for layer in self.layers:
-            x, attention = run_layer(self, layer, x, mask, return_attention=return_attention)
+            x, attention = run_layer(layer, x, mask, return_attention=return_attention,
+                                     checkpointed=self.activation_checkpointing and self.training)
             if attention is not None:
                 maps.append(attention)
         x = self.norm(x) * mask[..., None].to(x.dtype)  # (B, N, D), zero at padding

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from redifu.nn.attention import FeedForward, MultiHeadAttention, TransformerBlock
-from redifu.nn.checkpointing import run_layer
+from redifu.nn.kernels.checkpointing import run_layer
 
 FUSIONS = ("concat", "symmetric", "text_guided")
 
@@ -96,6 +96,12 @@ class SymmetricFusion(nn.Module):
             (default: ``False``)
         fused_output (bool, optional): Build the projection of the concatenated streams that
             makes the fused vector (``False``: ``fused=None``). (default: ``True``)
+        fast_dropout (bool, optional): On the CPU, draw the attention-dropout masks with
+            :func:`~redifu.nn.kernels.dropout_masks.fast_keep_mask` (same distribution, other
+            draws than PyTorch's dropout for a seed). A training-time choice. (default: ``False``)
+        activation_checkpointing (bool, optional): Recompute each layer's activations in
+            backward instead of keeping them (:mod:`redifu.nn.kernels.checkpointing`; same
+            results, dropout masks included). A training-time choice. (default: ``False``)
 
     Shapes:
         - streams: per modality ``(B, N, D)``; mask ``(B, N)`` -> fused ``(B, N, D)``
@@ -113,6 +119,8 @@ class SymmetricFusion(nn.Module):
         rotary: bool = False,
         cross_rotary: bool = False,
         fused_output: bool = True,
+        fast_dropout: bool = False,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         _check_modalities(modalities)
@@ -122,14 +130,15 @@ class SymmetricFusion(nn.Module):
         self.pairs = [(m, o) for m in modalities for o in modalities if o != m]
         self.self_blocks = nn.ModuleList(
             nn.ModuleDict(
-                {m: TransformerBlock(dim=dim, num_heads=num_heads, dropout=dropout, ffn_mult=ffn_mult, rotary=rotary)
+                {m: TransformerBlock(dim=dim, num_heads=num_heads, dropout=dropout, ffn_mult=ffn_mult, rotary=rotary,
+                                     fast_dropout=fast_dropout)
                  for m in modalities}
             )
             for _ in range(num_layers)
         )
         self.cross = nn.ModuleList(
             nn.ModuleDict({f"{m}_{o}": MultiHeadAttention(dim=dim, num_heads=num_heads, dropout=dropout,
-                                                             rotary=cross_rotary)
+                                                             rotary=cross_rotary, fast_dropout=fast_dropout)
                            for m, o in self.pairs})
             for _ in range(num_layers)
         )
@@ -138,7 +147,7 @@ class SymmetricFusion(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
         self.concat = ConcatFusion(dim=dim, modalities=modalities, dropout=dropout, fused_output=fused_output)
-        self.activation_checkpointing = False  # see redifu.nn.checkpointing
+        self.activation_checkpointing = activation_checkpointing
 
     def reset_parameters(self) -> None:
         for module in self.modules():
@@ -150,7 +159,8 @@ class SymmetricFusion(nn.Module):
         maps: dict[str, Tensor] = {}
         for layer, (blocks, cross, norms) in enumerate(zip(self.self_blocks, self.cross, self.cross_norms)):
             for m in self.modalities:
-                streams[m], weights = run_layer(self, blocks[m], streams[m], mask, return_attention=return_attention)
+                streams[m], weights = run_layer(blocks[m], streams[m], mask, return_attention=return_attention,
+                                                checkpointed=self.activation_checkpointing and self.training)
                 if weights is not None:
                     maps[f"layer{layer}.{m}_self"] = weights
             normed = {m: norms[m](streams[m]) for m in self.modalities}
@@ -183,6 +193,9 @@ class DiffusionLayer(nn.Module):
     Text stays the main stream; audio and visual only ever feed it. With ``cross_rotary`` the
     cross-modal attention scores carry rotary positions: every modality shares the utterance
     timeline, so a text query can tell its own utterance's audio from a distant one's.
+
+    Args: those of :class:`TextGuidedFusion` but ``num_layers``, ``fused_output`` and
+    ``activation_checkpointing``.
     """
 
     def __init__(
@@ -196,20 +209,23 @@ class DiffusionLayer(nn.Module):
         rotary: bool = False,
         cross_rotary: bool = False,
         aligned: bool = True,
+        fast_dropout: bool = False,
     ) -> None:
         super().__init__()
         self.aligned = aligned
         self.modalities = modalities
         self.auxiliary = modalities[1:]
         self.self_blocks = nn.ModuleDict(
-            {m: TransformerBlock(dim=dim, num_heads=num_heads, dropout=dropout, ffn_mult=ffn_mult, rotary=rotary)
+            {m: TransformerBlock(dim=dim, num_heads=num_heads, dropout=dropout, ffn_mult=ffn_mult, rotary=rotary,
+                                 fast_dropout=fast_dropout)
              for m in modalities}
         )
         # With text alone there is nothing to diffuse: only the self-attention is built.
         self.query_norm = nn.LayerNorm(dim) if self.auxiliary else None
         self.context_norms = nn.ModuleDict({m: nn.LayerNorm(dim) for m in self.auxiliary})
         self.cross = nn.ModuleDict(
-            {m: MultiHeadAttention(dim=dim, num_heads=num_heads, dropout=dropout, rotary=cross_rotary)
+            {m: MultiHeadAttention(dim=dim, num_heads=num_heads, dropout=dropout, rotary=cross_rotary,
+                                   fast_dropout=fast_dropout)
              for m in self.auxiliary}
         )
         self.gates = nn.ModuleDict({m: nn.Linear(2 * dim, dim) for m in self.auxiliary})
@@ -282,6 +298,12 @@ class TextGuidedFusion(nn.Module):
             cross-attention brings before gating. (default: ``True``)
         fused_output (bool, optional): Build the final normalisation that makes the fused vector
             (``False``: ``fused=None``). (default: ``True``)
+        fast_dropout (bool, optional): On the CPU, draw the attention-dropout masks with
+            :func:`~redifu.nn.kernels.dropout_masks.fast_keep_mask` (same distribution, other
+            draws than PyTorch's dropout for a seed). A training-time choice. (default: ``False``)
+        activation_checkpointing (bool, optional): Recompute each layer's activations in
+            backward instead of keeping them (:mod:`redifu.nn.kernels.checkpointing`; same
+            results, dropout masks included). A training-time choice. (default: ``False``)
 
     Shapes:
         - streams: per modality ``(B, N, D)``; mask ``(B, N)`` -> fused ``(B, N, D)``
@@ -300,6 +322,8 @@ class TextGuidedFusion(nn.Module):
         cross_rotary: bool = False,
         aligned: bool = True,
         fused_output: bool = True,
+        fast_dropout: bool = False,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         _check_modalities(modalities)
@@ -309,12 +333,12 @@ class TextGuidedFusion(nn.Module):
         self.layers = nn.ModuleList(
             DiffusionLayer(
                 dim=dim, modalities=modalities, num_heads=num_heads, dropout=dropout, ffn_mult=ffn_mult, rotary=rotary,
-                cross_rotary=cross_rotary, aligned=aligned,
+                cross_rotary=cross_rotary, aligned=aligned, fast_dropout=fast_dropout,
             )
             for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(dim) if fused_output else None
-        self.activation_checkpointing = False  # see redifu.nn.checkpointing
+        self.activation_checkpointing = activation_checkpointing
 
     def reset_parameters(self) -> None:
         for layer in self.layers:
@@ -325,7 +349,8 @@ class TextGuidedFusion(nn.Module):
     def forward(self, streams: dict[str, Tensor], mask: Tensor, *, return_attention: bool = False) -> FusionOutput:
         maps: dict[str, Tensor] = {}
         for index, layer in enumerate(self.layers):
-            streams, layer_maps = run_layer(self, layer, streams, mask, return_attention=return_attention)
+            streams, layer_maps = run_layer(layer, streams, mask, return_attention=return_attention,
+                                            checkpointed=self.activation_checkpointing and self.training)
             maps.update({f"layer{index}.{name}": value for name, value in layer_maps.items()})
         fused = self.norm(streams["text"]) if self.norm is not None else None
         return FusionOutput(fused=fused, streams=streams, attention=maps)
@@ -344,13 +369,17 @@ def build_fusion(
     cross_rotary: bool = False,
     aligned: bool = True,
     fused_output: bool = True,
+    fast_dropout: bool = False,
+    activation_checkpointing: bool = False,
 ) -> nn.Module:
-    """Fusion module by name: one of :data:`FUSIONS`."""
+    """Fusion module by name: one of :data:`FUSIONS`. ``concat`` has no attention and no
+    layers, so it takes neither ``fast_dropout`` nor ``activation_checkpointing``."""
     if kind == "concat":
         return ConcatFusion(dim=dim, modalities=modalities, dropout=dropout, fused_output=fused_output)
     common = dict(
         dim=dim, modalities=modalities, num_layers=num_layers, num_heads=num_heads,
         dropout=dropout, ffn_mult=ffn_mult, rotary=rotary, cross_rotary=cross_rotary, fused_output=fused_output,
+        fast_dropout=fast_dropout, activation_checkpointing=activation_checkpointing,
     )
     if kind == "symmetric":
         return SymmetricFusion(**common)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from redifu.nn.checkpointing import run_layer
+from redifu.nn.kernels.checkpointing import run_layer
 from redifu.nn.relational_attention import RelationalGraphAttention
 
 __all__ = [
@@ -289,6 +289,9 @@ class RelationGraph(nn.Module):
         dropout (float, optional): Dropout on each block's residual branch. (default: ``0.0``)
         num_bases (int, optional): R-GCN basis decomposition of the relation transforms;
             ``None`` gives one full matrix per relation. (default: ``None``)
+        activation_checkpointing (bool, optional): Recompute each block's activations in
+            backward instead of keeping them (:mod:`redifu.nn.kernels.checkpointing`; same
+            results, dropout masks included). A training-time choice. (default: ``False``)
 
     Shapes:
         - streams: ``M`` tensors ``(B, N, dim)`` in modality order
@@ -310,6 +313,7 @@ class RelationGraph(nn.Module):
         speaker_aware: bool = True,
         dropout: float = 0.0,
         num_bases: int | None = None,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if dim <= 0:
@@ -346,7 +350,7 @@ class RelationGraph(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(num_layers))
         self.activation = nn.GELU()
         self.dropout = nn.Dropout(dropout)
-        self.activation_checkpointing = False  # see redifu.nn.checkpointing
+        self.activation_checkpointing = activation_checkpointing
 
     def reset_parameters(self) -> None:
         """Re-initialises every graph attention layer and layer norm."""
@@ -386,7 +390,8 @@ class RelationGraph(nn.Module):
             return norm(x + self.dropout(self.activation(h))), attention
 
         for conv, norm in zip(self.convs, self.norms):
-            x, attention = run_layer(self, block, x, conv, norm)
+            x, attention = run_layer(block, x, conv, norm,
+                                     checkpointed=self.activation_checkpointing and self.training)
             if attention is not None:
                 maps.append(attention.detach())
 

@@ -142,9 +142,10 @@ class ReDiFuSystem(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = ReDiFu(ReDiFuConfig.from_dict(model_config))
         self.training_config = TrainingConfig(**training)
-        self.model.set_training_options(self.training_config)
+        self.model = ReDiFu(ReDiFuConfig.from_dict(model_config),
+                            activation_checkpointing=self.training_config.activation_checkpointing,
+                            fast_dropout=self.training_config.fast_dropout)
         self.steps_per_epoch = max(1, steps_per_epoch)
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.register_buffer("class_weights", weights, persistent=False)

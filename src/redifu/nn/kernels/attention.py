@@ -1,19 +1,17 @@
-"""Key-padding-masked scaled dot-product attention whose memory is linear in the dialogue length.
+"""Key-padding-masked attention whose memory is linear in the dialogue length.
 
-Every attention of ReDiFu (the differential denoiser and the fusion) goes through
-:func:`masked_attention`. Without dropout it is :func:`torch.nn.functional.scaled_dot_product_attention`,
-which picks a fused kernel (flash attention on the CPU) that never holds a ``(B, H, N, M)``
-map; values wider than the queries (the dual differential attention's) are attended slice by
-slice so that the fused kernel applies. With attention dropout in training, the CPU has no fused kernel: PyTorch's math path
-materialises the map and keeps about three ``(B, H, N, M)`` float tensors per call for
-backward (scores after softmax, the dropout noise, the dropped map). At the authors' IEMOCAP
-settings (64 heads) that is most of a training step's memory, and it grows with ``N^2``.
+Every attention of ReDiFu (the differential denoiser and the fusion) calls :func:`masked_attention`
+(or :func:`masked_attention_pair`, one dropout mask for the two maps of a differential
+attention). Each computes ``dropout(softmax(q k^T s + b)) v`` with ``b`` = -inf at padded keys,
+as :func:`torch.nn.functional.scaled_dot_product_attention` does, and picks how:
 
-:class:`ChunkedDropoutAttention` computes exactly what that math path computes, with the same
-dropout mask, in chunks of the map, and keeps for backward only ``q``, ``k``, ``v`` and the
-dropout mask packed to one bit per element (32 times smaller than PyTorch's float noise
-tensor); backward recomputes each chunk's softmax (flash-attention style recomputation; Dao et
-al., "FlashAttention", 2022). Beyond the inputs and the bits, memory is ``O(chunk)``.
+* without dropout, PyTorch's kernel, which is fused (flash attention on the CPU) and never holds
+  a ``(B, H, N, M)`` map; values wider than the queries (the dual differential attention's) are
+  attended slice by slice so that the fused kernel applies;
+* with attention dropout on the CPU, :class:`ChunkedDropoutAttention`: PyTorch has no fused CPU
+  kernel with dropout, and its math path keeps about three ``(B, H, N, M)`` float tensors per
+  call for backward (scores after softmax, the dropout noise, the dropped map), at the authors'
+  IEMOCAP settings (64 heads) most of a training step's memory, growing with ``N^2``.
 
 Same mask, same numbers: PyTorch's CPU dropout draws one Bernoulli value per element of the
 contiguous ``(B, H, N, M)`` map, in memory order, from the default generator. Chunks that walk
@@ -33,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ChunkedDropoutAttention", "chunked_dropout_is_exact", "fast_keep_mask", "masked_attention",
+from redifu.nn.kernels.dropout_masks import fast_keep_mask, pack_bits, unpack_bits
+
+__all__ = ["CHUNK_ELEMENTS", "ChunkedDropoutAttention", "chunked_dropout_is_exact", "masked_attention",
            "masked_attention_pair"]
 
 # Elements of one chunk of the attention map (16 MiB in fp32): large enough that the Python
@@ -78,43 +78,24 @@ def _probabilities(q: Tensor, k: Tensor, bias: Tensor) -> Tensor:
     return torch._safe_softmax(scores, -1) if hasattr(torch, "_safe_softmax") else scores.softmax(-1)
 
 
-_BIT_WEIGHTS = 1 << torch.arange(8, dtype=torch.uint8)  # (8,)
-
-
-def fast_keep_mask(shape: torch.Size | tuple[int, ...], keep: float, device: torch.device | str = "cpu") -> Tensor:
-    """A Bernoulli(``keep``) bool tensor drawn four elements per 64-bit random word.
-
-    Each element compares 16 random bits with ``round(keep * 2**16)``, so the keep probability
-    is ``keep`` rounded to a multiple of 2**-16. The draws come from the default generator (so
-    seeding, and activation checkpointing's saved random state, reproduce them) but not in the
-    order of :meth:`torch.Tensor.bernoulli_`: the same seed gives other masks than PyTorch's
-    dropout. On 2 CPU cores this draws about 8 times faster than ``bernoulli_``.
-    """
-    numel = math.prod(shape)
-    words = torch.randint(-(2**63), 2**63 - 1, ((numel + 3) // 4,), dtype=torch.int64, device=device)
-    lanes = words.view(torch.int16)[:numel]  # uniform over [-2**15, 2**15)
-    return lanes.lt(round(keep * 65536) - 32768).view(shape)
-
-
-def _pack_bits(keep: Tensor) -> Tensor:
-    """A bool tensor as one bit per element: ``(ceil(numel / 8),)`` uint8."""
-    flat = keep.reshape(-1)
-    flat = torch.nn.functional.pad(flat.to(torch.uint8), (0, -flat.numel() % 8))
-    return (flat.view(-1, 8) * _BIT_WEIGHTS.to(flat.device)).sum(-1, dtype=torch.uint8)
-
-
-def _unpack_bits(packed: Tensor, shape: torch.Size) -> Tensor:
-    """Inverse of :func:`_pack_bits`: the bool tensor of ``shape``."""
-    bits = packed[:, None].bitwise_and(_BIT_WEIGHTS.to(packed.device)).ne(0)  # (numel / 8, 8)
-    return bits.view(-1)[: math.prod(shape)].view(shape)
-
-
 class ChunkedDropoutAttention(torch.autograd.Function):
     r"""``dropout(softmax(q k^T s + b)) v`` in chunks, with PyTorch's dropout mask, linear memory.
 
-    ``b`` is 0 at keys that may be attended to and :math:`-\infty` elsewhere. The dropout noise
-    of each chunk is drawn from the default CPU generator in the order of the whole map (see
-    the module docstring) and kept as bits for backward, which recomputes the softmax.
+    ``b`` is 0 at keys that may be attended to and :math:`-\infty` elsewhere. It computes
+    exactly what PyTorch's math path computes, with the same dropout mask, in chunks of the
+    map: the noise of each chunk is drawn from the default CPU generator in the order of the
+    whole map (see the module docstring) and kept for backward packed to one bit per element
+    (:func:`~redifu.nn.kernels.dropout_masks.pack_bits`); backward recomputes each chunk's
+    softmax (flash-attention style recomputation; Dao et al., "FlashAttention", 2022). Beyond
+    ``q``, ``k``, ``v`` and the bits, memory is ``O(chunk)``.
+
+    Why it exists: docs/BENCHMARKS.md has no A/B figure of this kernel against PyTorch's math
+    path at the shipped configs. What it shows (configs/iemocap.yaml, 64 heads, 2 CPU cores,
+    measured before the shared differential mask of commit 284a54f) is one 800-utterance
+    dialogue's training step at 1,857 MB peak RSS with dropout, no more than without dropout
+    through PyTorch's fused kernel (1,873 MB), peak memory growing linearly in N. By shape alone
+    the math path would keep about 3 x 64 x 800 x 800 float32 values (492 MB) for backward
+    per attention call at that N, 14 calls per step (an estimate, not a measurement).
 
     Shapes:
         - q: ``(B, H, N, d)``; k: ``(B, H, M, d)``; v: ``(B, H, M, e)``; key_mask: ``(B, M)`` bool
@@ -144,7 +125,7 @@ class ChunkedDropoutAttention(torch.autograd.Function):
             else:
                 noise = torch.empty_like(attn).bernoulli_(keep)  # what at::dropout draws, in the same order
                 mask = noise.bool()
-            kept.append(_pack_bits(mask))
+            kept.append(pack_bits(mask))
             out[heads, rows] = torch.matmul(attn.mul_(noise.div_(keep)), vs[heads])
         ctx.save_for_backward(q, k, v, key_mask, *kept)
         ctx.dropout_p, ctx.scale, ctx.budget = dropout_p, scale, budget
@@ -166,7 +147,7 @@ class ChunkedDropoutAttention(torch.autograd.Function):
         grad_q, grad_k, grad_v = torch.zeros_like(qs), torch.zeros_like(ks), torch.zeros_like(vs)
         for bits, (heads, rows) in zip(kept, _chunks(B * H, N, M, ctx.budget)):
             attn = _probabilities(qs[heads, rows], ks[heads], bias[heads])  # (c, r, M)
-            noise = _unpack_bits(bits, attn.shape).to(attn.dtype).div_(keep)  # the forward's noise exactly
+            noise = unpack_bits(bits, attn.shape).to(attn.dtype).div_(keep)  # the forward's noise exactly
             grad_c = grad[heads, rows]  # (c, r, e)
             grad_v[heads] += torch.matmul((attn * noise).transpose(-2, -1), grad_c)
             grad_attn = torch.matmul(grad_c, vs[heads].transpose(-2, -1)).mul_(noise)  # (c, r, M)
@@ -217,8 +198,9 @@ def masked_attention(
         budget (int, optional): Elements of the map computed at once by the chunked path.
             (default: :data:`CHUNK_ELEMENTS`)
         fast_dropout (bool, optional): On the CPU, draw the dropout masks with
-            :func:`fast_keep_mask` (same distribution, other draws than PyTorch's dropout for
-            the same seed, so results differ from the default). No effect elsewhere.
+            :func:`~redifu.nn.kernels.dropout_masks.fast_keep_mask` (same distribution, other
+            draws than PyTorch's dropout for the same seed, so results differ from the
+            default). No effect elsewhere.
             (default: ``False``)
 
     Shapes:
@@ -237,6 +219,7 @@ def masked_attention(
     if dropout_p == 0.0 and v.shape[-1] != q.shape[-1] and v.shape[-1] % q.shape[-1] == 0:
         # Fused kernels need one head size for q, k and v (the dual differential attention has
         # values twice as wide); without them PyTorch materialises the map. Attend once per slice.
+        # (docs/BENCHMARKS.md has no separate figure for this at the shipped configs.)
         return torch.cat([
             F.scaled_dot_product_attention(q, k, part, attn_mask=key_mask[:, None, None, :], scale=scale)
             for part in v.split(q.shape[-1], dim=-1)
