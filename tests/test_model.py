@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -259,3 +260,16 @@ def test_odd_rotary_head_size_of_the_denoiser_is_a_config_error(denoiser, heads)
     with pytest.raises(ConfigError, match="model.denoiser_heads"):
         make_tiny_config(hidden_size=24, num_heads=2, position_encoding="rotary", denoiser=denoiser,
                          denoiser_heads=heads)
+
+
+def test_evaluation_refuses_speaker_ids_beyond_the_models_slots(tiny_corpus, tiny_config):
+    from redifu.errors import DataError
+    from redifu.training.evaluation import predict_split
+
+    model = ReDiFu(tiny_config)  # 2 speaker slots
+    dialogue = tiny_corpus.splits["test"][0]
+    crowded = type(dialogue)(dialogue.dialogue_id, np.full_like(dialogue.speakers, 2), dialogue.labels,
+                             dialogue.features)
+    with pytest.raises(DataError, match=f"dialogue {dialogue.dialogue_id}: field 'speakers'"):
+        predict_split(model, [crowded])
+    assert len(predict_split(model, [dialogue]).labels) > 0

@@ -384,7 +384,7 @@ class ReDiFu(nn.Module):
             for m in config.modalities:
                 h = self.encoders[m](features[m])  # (B, N, D)
                 if self.speaker_embedding is not None:
-                    h = h + self.speaker_embedding(speakers.clamp(0, config.num_speakers - 1))
+                    h = h + self.speaker_embedding(speakers)  # ids checked by the data and prediction readers
                 if self.position is not None:
                     h = self.position(h)
                 streams[m] = self.input_dropout(h) * keep

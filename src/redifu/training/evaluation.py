@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from redifu.data.batching import DialogueDataset, collate_dialogues
 from redifu.data.dialogue import IGNORE_LABEL, Dialogue
+from redifu.errors import DataError
 from redifu.model import ReDiFu
 from redifu.training.metrics import classification_metrics
 
@@ -34,7 +35,16 @@ def predict_split(
     batch_size: int = 32,
     device: torch.device | str = "cpu",
 ) -> SplitPredictions:
-    """Run ``model`` in eval mode over ``dialogues`` in order, ``batch_size`` dialogues at a time."""
+    """Run ``model`` in eval mode over ``dialogues`` in order, ``batch_size`` dialogues at a time.
+
+    Raises :class:`~redifu.errors.DataError` (one line, naming the dialogue) when a dialogue has
+    a speaker id beyond the model's speaker slots, e.g. data with more speakers than the
+    checkpoint was trained for."""
+    slots = model.config.num_speakers
+    for dialogue in dialogues:
+        if len(dialogue) and int(dialogue.speakers.max()) >= slots:
+            raise DataError(f"dialogue {dialogue.dialogue_id}: field 'speakers': speaker id "
+                            f"{int(dialogue.speakers.max())} is beyond the model's {slots} speaker slots")
     was_training = model.training
     model.eval()
     dataset = DialogueDataset(dialogues, model.config.modalities)
