@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
 import platform
 import statistics
@@ -29,6 +28,7 @@ from redifu.config import ExperimentConfig, load_config
 from redifu.data.batching import feature_statistics
 from redifu.data.dialogue import DialogueCorpus
 from redifu.data.loading import load_corpus
+from redifu.files import write_json_atomic
 from redifu.model import ReDiFu, ReDiFuConfig
 
 MIB = 1024 * 1024
@@ -191,5 +191,5 @@ def finish(args: argparse.Namespace, result: Any, text: str) -> int:
     """Print a script's report and, with ``--json``, write its result."""
     print(text)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_json_atomic(args.json, result)
     return 0

@@ -45,7 +45,7 @@ import profile_components  # noqa: E402
 import scaling  # noqa: E402
 import train_speed  # noqa: E402
 
-from redifu.checkpoint import write_json_atomic  # noqa: E402
+from redifu.files import write_json_atomic, write_text_atomic  # noqa: E402
 
 def _config(name: str) -> str:
     path = ROOT / "configs" / name
@@ -505,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = target.read_text() if target.is_file() else ""
         if KEEP_MARKER in previous:  # sections measured elsewhere (e.g. predict_throughput.py) stay
             text = text.rstrip("\n") + "\n\n" + previous[previous.index(KEEP_MARKER):]
-        target.write_text(text)
+        write_text_atomic(target, text)
     return 0
 
 

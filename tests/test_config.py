@@ -99,3 +99,47 @@ def test_off_is_a_string_not_a_boolean(tmp_path):
     assert config.model == {"denoiser": "off", "graph": "off", "fusion": "concat"}
     assert config.training.lr == pytest.approx(1e-3) and config.training.class_weights is True
     assert load_config(None, ["model.denoiser=off"]).model["denoiser"] == "off"
+
+
+REPO_CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
+
+
+def test_every_repository_config_is_shipped_in_the_package():
+    from redifu.config import shipped_configs
+
+    assert REPO_CONFIGS, "no configs in the repository's configs/"
+    assert list(shipped_configs()) == REPO_CONFIGS
+
+
+@pytest.mark.parametrize("name", REPO_CONFIGS)
+def test_a_shipped_config_is_found_by_name(name):
+    assert load_config(name, ["training.seed=5"]) == load_config(REPO / "configs" / f"{name}.yaml", ["training.seed=5"])
+
+
+def test_names_and_paths_are_told_apart(tmp_path, monkeypatch):
+    # A file path still works, and a file in the working directory wins over a shipped name.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "meld-text").write_text("model:\n  hidden_size: 24\n")
+    assert load_config("meld-text").model == {"hidden_size": 24}
+    assert load_config(str(tmp_path / "meld-text")).model == {"hidden_size": 24}
+    assert load_config("synthetic-meld").data.preset == "meld"
+
+
+@pytest.mark.parametrize("config", ["meld-txt", "synthetic-meld.yml", "configs/meld-txt.yaml"])
+def test_an_unknown_config_is_one_line_listing_the_shipped_names(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as error:
+        load_config(config)
+    message = str(error.value)
+    assert message.startswith(config) and "\n" not in message
+    assert all(name in message for name in REPO_CONFIGS)
+
+
+def test_train_help_lists_the_shipped_configs(capsys):
+    from redifu.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(f" {name}," in text or f" {name})" in text or f"({name}," in text for name in REPO_CONFIGS)

@@ -19,6 +19,10 @@ from redifu import __version__
 log = logging.getLogger("redifu")
 
 EPILOG_TRAIN = """\
+configs: --config NAME reads a config shipped with redifu (listed under --config), for example
+  redifu train --config synthetic-meld training.max_epochs=5
+  redifu train --config meld-text data.path=data/meld-text
+--config FILE reads a YAML file (a copy of a shipped one is a good start: configs/ in the repository).
 overrides (dotted key=value, parsed as YAML values), for example:
   data.preset=meld           synthetic preset: iemocap (default) or meld
   data.seed=0                seed of the synthetic data generator
@@ -284,6 +288,8 @@ def cmd_features_extract(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from redifu.config import shipped_configs
+
     parser = argparse.ArgumentParser(
         prog="redifu",
         description="Multimodal conversation emotion recognition with ReDiFu (relational graphs, "
@@ -302,7 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG_TRAIN,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train.add_argument("--config", metavar="FILE", help="YAML config with data/model/training sections")
+    train.add_argument("--config", metavar="NAME|FILE",
+                       help="a shipped config by name (" + ", ".join(shipped_configs()) + ") or a YAML file "
+                       "with data/model/training sections (default: the built-in defaults, = default)")
     train.add_argument("--output", metavar="DIR", help="run directory (default: runs/train-<time>)")
     train.add_argument("--seeds", metavar="SEED", nargs="+",
                        help="train once per seed (DIR/seed-<s>/) and report mean and std")

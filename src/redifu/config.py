@@ -4,22 +4,32 @@ The built-in defaults (no file at all) train a small ReDiFu on the IEMOCAP-shape
 preset. A YAML file overrides any subset of the defaults and dotted ``key=value`` pairs
 override the file, e.g. ``training.lr=1e-4 model.denoiser=temporal data.path=/data/meld``.
 Every key and value is checked; a mistake gives a one-line :class:`ConfigError` naming the key.
+
+The package ships its configs (``redifu/configs/*.yaml``, the repository's ``configs/``);
+wherever a config file is accepted, a shipped one can be named without ``.yaml``
+(``meld-text``, ``authors-recipe-meld``), see :func:`shipped_configs`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import yaml
 
 from redifu.errors import ConfigError
-from redifu.model import ReDiFuConfig
+
+# redifu.model (torch) is imported where the model options are checked, so that listing or
+# reading configs (``redifu train --help``) stays fast.
+if TYPE_CHECKING:
+    from redifu.model import ReDiFuConfig
+
 
 class _Loader(yaml.SafeLoader):
     """Safe YAML with YAML 1.2 booleans: only true/false are booleans, so ``denoiser: off``
@@ -189,6 +199,8 @@ class ExperimentConfig:
 
     def model_config(self, *, modality_dims: Mapping[str, int], num_classes: int, num_speakers: int) -> ReDiFuConfig:
         """The frozen model config: these options plus what the dataset's metadata says."""
+        from redifu.model import ReDiFuConfig
+
         return ReDiFuConfig(
             modality_dims=modality_dims, num_classes=num_classes, num_speakers=num_speakers, **self.model
         )
@@ -198,6 +210,8 @@ _SECTIONS = {"data": DataConfig, "training": TrainingConfig}
 
 
 def _model_fields() -> dict[str, Any]:
+    from redifu.model import ReDiFuConfig
+
     hints = typing.get_type_hints(ReDiFuConfig)
     return {f.name: hints[f.name] for f in dataclasses.fields(ReDiFuConfig) if f.name not in DATASET_DERIVED}
 
@@ -286,6 +300,8 @@ def build_config(raw: Mapping[str, Any]) -> ExperimentConfig:
             raise ConfigError(f"model.{key}: unknown option")
         model[key] = _coerce(f"model.{key}", value, fields[key])
     # Check the model options now, with placeholder metadata, so mistakes surface before any work.
+    from redifu.model import ReDiFuConfig
+
     ReDiFuConfig(modality_dims={"text": 1, "audio": 1, "visual": 1}, num_classes=2, num_speakers=1, **model)
     return ExperimentConfig(data=sections["data"], model=model, training=sections["training"])
 
@@ -305,19 +321,51 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+def shipped_configs() -> dict[str, Any]:
+    """The configs shipped inside the package, by name (file name without ``.yaml``), sorted.
+
+    Values are :mod:`importlib.resources` traversables (files in an installed wheel, in the
+    source tree for an editable install).
+    """
+    root = importlib.resources.files("redifu") / "configs"
+    if not root.is_dir():
+        return {}
+    entries = {entry.name[: -len(".yaml")]: entry for entry in root.iterdir()
+               if entry.name.endswith(".yaml") and entry.is_file()}
+    return dict(sorted(entries.items()))
+
+
+def _read_config_text(config: str | Path) -> tuple[str, str]:
+    """(where, YAML text) of a config file path or a shipped config's name."""
+    path = Path(config)
+    if path.is_file():
+        return str(path), path.read_text(encoding="utf-8")
+    shipped = shipped_configs()
+    if str(config) in shipped:
+        return f"{config} (shipped config)", shipped[str(config)].read_text(encoding="utf-8")
+    names = ", ".join(shipped) or "none"
+    if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        raise ConfigError(f"{path}: config file not found (or name a shipped config: {names})")
+    raise ConfigError(f"{config}: no such config file or shipped config; shipped configs: {names}")
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """Defaults, then the YAML file at ``path`` (if any), then ``key=value`` overrides."""
+    """Defaults, then the YAML config (if any), then ``key=value`` overrides.
+
+    Args:
+        path: A YAML file, or the name of a shipped config (``meld-text``; see
+            :func:`shipped_configs`). A file of that name in the working directory wins.
+        overrides: Dotted ``key=value`` strings (``training.lr=1e-4``).
+    """
     raw: dict[str, Any] = {"data": {}, "model": {}, "training": {}}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
+        where, text = _read_config_text(path)
         try:
-            loaded = _yaml_load(path.read_text()) or {}
+            loaded = _yaml_load(text) or {}
         except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: invalid YAML ({str(error).splitlines()[0]})") from None
+            raise ConfigError(f"{where}: invalid YAML ({str(error).splitlines()[0]})") from None
         if not isinstance(loaded, Mapping):
-            raise ConfigError(f"{path}: expected a mapping with data/model/training sections")
+            raise ConfigError(f"{where}: expected a mapping with data/model/training sections")
         _merge(raw, loaded)
     return build_config(apply_overrides(raw, overrides))
 

@@ -122,8 +122,9 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Stage a directory: yield an empty staging directory beside ``path``; when the block ends
     without error, the staging directory replaces ``path`` (a complete directory or none).
 
-    On error the staging directory is removed and ``path`` is left as it was. An interrupted
-    swap is undone by :func:`recover_directory` (called here first, and by readers).
+    The directory, its subdirectories and its files get the umask's permissions, whatever
+    wrote them. On error the staging directory is removed and ``path`` is left as it was. An
+    interrupted swap is undone by :func:`recover_directory` (called here first, and by readers).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,11 +132,14 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield staging
+        # Files too: some writers make them private (safetensors' save_file writes 0600).
         mode = umask()
         os.chmod(staging, 0o777 & ~mode)
         for root, directories, files in os.walk(staging):
             for name in directories:
                 os.chmod(os.path.join(root, name), 0o777 & ~mode)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o666 & ~mode)
         backup = _backup_of(path)
         if path.exists():
             shutil.rmtree(backup, ignore_errors=True)

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from redifu.checkpoint import load_checkpoint, write_json_atomic
+from redifu.checkpoint import load_checkpoint
 from redifu.config import load_config
 from redifu.data.dialogue import DialogueCorpus
 from redifu.data.loading import load_corpus
@@ -39,6 +39,7 @@ from redifu.experiments.corruption import (
     feature_moments,
 )
 from redifu.experiments.grid import Cell, Grid
+from redifu.files import atomic_file, write_json_atomic
 from redifu.training.evaluation import predict_split
 from redifu.training.metrics import classification_metrics
 from redifu.training.run import train
@@ -130,9 +131,8 @@ def _evaluate(cell: Cell, directory: Path, corpus: DialogueCorpus, clean: Dialog
             arrays[corruption.name] = result.predictions
             scores = classification_metrics(result.labels, result.predictions, classes)
             evaluations[corruption.name] = {k: scores[k] for k in SUMMARY}
-    temporary = directory / "predictions.npz.tmp.npz"
-    np.savez_compressed(temporary, **arrays)
-    os.replace(temporary, directory / "predictions.npz")
+    with atomic_file(directory / "predictions.npz", "wb") as stream:
+        np.savez_compressed(stream, **arrays)
     return {"evaluations": evaluations}
 
 

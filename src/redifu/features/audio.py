@@ -45,6 +45,7 @@ import numpy as np
 
 from redifu.errors import DataError
 from redifu.features.info import ExtractorInfo, redifu_cache_dir, write_cache_npz
+from redifu.files import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,6 @@ SAMPLING_RATE = 16000
 
 _EXTRA_HINT = "pip install 'redifu[audio]'"
 _IS10_CONFIG = ("is09-13", "IS10_paraling_compat.conf")
-_HASH_CHUNK = 1 << 20
 _TIMESTAMP = re.compile(r"^(?:(\d+):)?(\d+):(\d+(?:[.,]\d*)?)$")  # [HH:]MM:SS[,mmm]
 
 
@@ -282,14 +282,10 @@ class AudioFeatureExtractor:
             raise DataError(f"{path}: not an audio file (a directory?)")
         memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
         if memo not in self._file_hashes:
-            digest = hashlib.sha256()
             try:
-                with path.open("rb") as reader:
-                    while chunk := reader.read(_HASH_CHUNK):
-                        digest.update(chunk)
+                self._file_hashes[memo] = file_sha256(path)
             except OSError as error:
                 raise DataError(f"{path}: cannot read the audio file ({error.strerror or error})") from None
-            self._file_hashes[memo] = digest.hexdigest()
         return self._file_hashes[memo]
 
     # -- cache ------------------------------------------------------------------------------

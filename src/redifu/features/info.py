@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from redifu.files import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -42,20 +43,10 @@ def write_cache_npz(path: Path, *, what: str, **arrays: np.ndarray) -> bool:
     A cache that cannot be written is not an error: a warning names ``what`` and the path, and
     the result is ``False``.
     """
-    temporary: Path | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem[:16]}.", suffix=".tmp",
-                                             delete=False)
-        temporary = Path(handle.name)
-        os.chmod(temporary, 0o644)  # like any cache file (NamedTemporaryFile makes it 0o600)
-        with handle:
-            np.savez(handle, **arrays)
-        os.replace(temporary, path)
+        with atomic_file(path, "wb") as stream:
+            np.savez(stream, **arrays)
         return True
     except OSError as error:
         logger.warning("%s cache: cannot write %s: %s", what, path, error)
         return False
-    finally:
-        if temporary is not None:
-            temporary.unlink(missing_ok=True)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from redifu.files import atomic_file
 
 
 def _figure():
@@ -21,14 +21,8 @@ def _figure():
 
 def _save(fig, path: Path) -> None:
     """Save a figure atomically (a complete PNG or no file)."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(handle)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as stream:
+        fig.savefig(stream, format="png", dpi=120, bbox_inches="tight")
 
 
 def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path) -> None:

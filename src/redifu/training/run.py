@@ -37,6 +37,7 @@ from redifu.data.batching import feature_statistics
 from redifu.data.dialogue import DialogueCorpus
 from redifu.data.loading import fingerprint, load_corpus
 from redifu.errors import ConfigError
+from redifu.files import write_text_atomic
 from redifu.training.evaluation import evaluate_split
 from redifu.training.loss import inverse_frequency_weights
 from redifu.training.metrics import format_report
@@ -216,7 +217,7 @@ def train(
     )
     if trainer.is_global_zero:
         output.mkdir(parents=True, exist_ok=True)
-        (output / "config.yaml").write_text(dump_config(config))
+        write_text_atomic(output / "config.yaml", dump_config(config))
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -276,8 +277,9 @@ def finish_run(
             "cpus": os.cpu_count(),
         },
     }
-    (output / "classification_report.txt").write_text(
-        "dev\n" + format_report(dev, classes) + "\ntest\n" + format_report(test, classes)
+    write_text_atomic(
+        output / "classification_report.txt",
+        "dev\n" + format_report(dev, classes) + "\ntest\n" + format_report(test, classes),
     )
     plot_confusion_matrix(np.asarray(test["confusion_matrix"]), classes, output / "confusion_matrix.png")
     plot_curves(selector.history, selector.best_epoch, output / "curves.png")
