@@ -116,7 +116,7 @@ class ResumeState(Checkpoint):
             callback.stopped_epoch == trainer.current_epoch for callback in trainer.early_stopping_callbacks
         )
         self.train_seconds = self._seconds_before + time.perf_counter() - self._session_started
-        trainer.save_checkpoint(self.pending_path)  # every rank takes part; rank 0 writes
+        trainer.save_checkpoint(self.pending_path, weights_only=False)  # every rank takes part; rank 0 writes
         self._pending = True
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
