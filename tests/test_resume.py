@@ -191,9 +191,9 @@ def resume(output: Path) -> None:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
+    # in this process (what `redifu train` with these overrides runs), to save a start-up
     output = tmp_path_factory.mktemp("kill") / "uninterrupted"
-    process = redifu_train(output, f"training.max_epochs={EPOCHS}", *TINY)
-    assert process.wait(timeout=300) == 0
+    train(load_config(None, [f"training.max_epochs={EPOCHS}", *TINY]), output)
     return output
 
 
@@ -214,8 +214,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(uninterrupted, killed_af
         kill_after(output, 2)
     resume(output)
     metrics = assert_same_run(output, uninterrupted)
-    (epoch,) = metrics["resumed_at_epochs"]
-    assert 1 <= epoch < EPOCHS
+    (epoch,) = metrics["resumed_at_epochs"]  # the state held the last epoch logged, or the one before
+    assert max(1, epochs - 1) <= epoch <= epochs + 1 < EPOCHS
 
 
 @pytest.mark.integration
