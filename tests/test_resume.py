@@ -90,21 +90,6 @@ def test_an_early_stopped_run_stays_stopped_on_resume(tmp_path):
         assert again[key] == first[key], key
 
 
-def test_resume_without_state_in_a_started_run_starts_again(tmp_path):
-    config = load_config(None, [*TINY, "training.max_epochs=2"])
-    reference = tmp_path / "reference"
-    train(config, reference)
-    output = tmp_path / "killed-in-epoch-0"
-    output.mkdir()
-    (output / "config.yaml").write_text((reference / "config.yaml").read_text())
-    (output / "lightning").mkdir()
-    (output / "lightning" / ".last.ckpt.pending").write_bytes(b"PK\x03\x04 cut")  # never committed
-    metrics = train(config, output, resume=True)
-    assert metrics["resumed_at_epochs"] == []
-    assert not (output / "lightning" / ".last.ckpt.pending").exists()
-    assert_same_run(output, reference)
-
-
 class DieInEpoch(Callback):
     """Raise at the first step of ``epoch``, after the previous epoch's state was committed."""
 
@@ -114,6 +99,22 @@ class DieInEpoch(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.current_epoch == self.epoch:
             raise RuntimeError("killed")
+
+
+def test_a_run_killed_in_its_first_epoch_starts_again_on_resume(tmp_path):
+    config = load_config(None, [*TINY, "training.max_epochs=2"])
+    reference = tmp_path / "reference"
+    train(config, reference)
+    output = tmp_path / "reused"
+    train(load_config(None, [*TINY, "training.max_epochs=2", "training.lr=1e-2"]), output)  # an older run
+    (output / "lightning" / ".last.ckpt.pending").write_bytes(b"PK\x03\x04 cut")  # and a write it never finished
+    with pytest.raises(RuntimeError, match="killed"):
+        train(config, output, callbacks=[DieInEpoch(0)])
+    # the older run's state is gone: resuming cannot continue it under this run's config
+    assert not list((output / "lightning").iterdir())
+    metrics = train(config, output, resume=True)  # no state: starts again
+    assert metrics["resumed_at_epochs"] == []
+    assert_same_run(output, reference)
 
 
 def test_grid_cell_interrupted_mid_training_resumes(tmp_path):
@@ -234,7 +235,8 @@ def test_kill_during_a_write_is_ignored_on_resume(uninterrupted, killed_after_on
     later = b",".join(fields)
     log.write_bytes(b"".join(lines) + later + later[: len(later) // 2])  # ... and one cut short
     os.replace(output / "checkpoint", output / ".checkpoint.old")  # killed between the two renames
-    resume(output)
+    # resumed in this process (to save a start-up; the other cases run `redifu train --resume`)
+    train(load_config(output / "config.yaml", []), output, resume=True)
     assert_same_run(output, uninterrupted)
     assert sorted(p.name for p in lightning.iterdir()) == ["last.ckpt"]
     assert not (output / ".checkpoint.old").exists()

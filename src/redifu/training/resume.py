@@ -92,6 +92,7 @@ class ResumeState(Checkpoint):
         self.train_seconds = 0.0
         self.resumed_at_epochs: list[int] = []
         self._pending = False
+        self._restored = False
         self._seconds_before = 0.0
         self._session_started = time.perf_counter()
 
@@ -100,6 +101,8 @@ class ResumeState(Checkpoint):
         if trainer.is_global_zero:
             for path in remove_leftovers(self.directory, RESUME_FILE):
                 log.info("removed %s (an interrupted resume-state write)", path)
+            if not self._restored and self.path.is_file():  # a fresh start in an old run directory:
+                self.path.unlink()  # a kill in the first epoch must not resume the old run
             for logger in trainer.loggers:
                 if isinstance(logger, ResumableCSVLogger):
                     logger.keep_epochs_before(epoch)
@@ -136,6 +139,7 @@ class ResumeState(Checkpoint):
                 "resumed_at_epochs": list(self.resumed_at_epochs)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = True
         self.stopped_early = bool(state_dict["stopped_early"])
         self.train_seconds = float(state_dict["train_seconds"])
         self.resumed_at_epochs = list(state_dict["resumed_at_epochs"])
