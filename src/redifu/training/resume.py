@@ -15,6 +15,9 @@ run starts again. Here:
   running, which per-step seeding and the per-epoch sampler order make identical.
 * :class:`ResumableCSVLogger` keeps ``metrics.csv`` on resume, dropping the rows of epochs the
   resume state does not hold, so a resumed run's log reads like an uninterrupted one's.
+  (TensorBoard event files are appended to: an epoch redone after a kill appears twice there.)
+
+Resume is per epoch: a run killed mid-epoch redoes that epoch from its start.
 """
 
 from __future__ import annotations
