@@ -73,7 +73,7 @@ def test_same_seed_same_metrics(tiny_run, tmp_path):
 
 
 def test_resume_continues_from_last_epoch(tiny_run, tmp_path):
-    config, _, metrics = tiny_run
+    config, output, metrics = tiny_run
 
     class Interrupt(Callback):  # the run dies after its second epoch
         def on_train_epoch_end(self, trainer, pl_module):
@@ -86,6 +86,9 @@ def test_resume_continues_from_last_epoch(tiny_run, tmp_path):
     # resuming gives exactly the result of training straight through
     assert resumed["history"] == metrics["history"]
     assert resumed["test"] == metrics["test"]
+    assert resumed["resumed_at_epochs"] == [2]
+    # the resumed run's log continues the first part's: it reads like the uninterrupted run's
+    assert (tmp_path / "resumed" / "logs" / "metrics.csv").read_bytes() == (output / "logs" / "metrics.csv").read_bytes()
 
 
 def test_resume_without_state_is_refused(tmp_path):

@@ -10,6 +10,9 @@ Layout of a run directory::
     DIR/lightning/last.ckpt      resume state (Lightning's format; read with weights_only=True)
 
 The test split is evaluated exactly once, after training, at the checkpoint selected on dev.
+
+The resume state is written atomically after every epoch (:mod:`redifu.training.resume`); a run
+killed at any moment resumes (``resume=True``) to the results of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import logging
 import os
 import platform
 import subprocess
-import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +30,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 
 import redifu
 from redifu.checkpoint import RunInfo, load_checkpoint, save_checkpoint, write_json_atomic
@@ -37,11 +39,12 @@ from redifu.data.batching import feature_statistics
 from redifu.data.dialogue import DialogueCorpus
 from redifu.data.loading import fingerprint, load_corpus
 from redifu.errors import ConfigError
-from redifu.files import write_text_atomic
+from redifu.files import recover_directory, write_text_atomic
 from redifu.training.evaluation import evaluate_split
 from redifu.training.loss import inverse_frequency_weights
 from redifu.training.metrics import format_report
 from redifu.training.report import plot_confusion_matrix, plot_curves
+from redifu.training.resume import RESUME_FILE, AtomicCheckpointIO, ResumableCSVLogger, ResumeState
 from redifu.training.system import DEV_METRIC, DialogueDataModule, ReDiFuSystem, lightning_precision
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,10 @@ class SelectBestOnDev(Callback):
         self.best_score = -1.0
         self.best_epoch = -1
         self.history: list[dict[str, float]] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: ReDiFuSystem) -> None:
+        if trainer.is_global_zero:  # a kill between the two renames of a replacement left the old one aside
+            recover_directory(self.directory)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: ReDiFuSystem) -> None:
         metrics = trainer.callback_metrics
@@ -114,9 +121,7 @@ def _logger(config: ExperimentConfig, output: Path):
                               "(pip install 'redifu[tensorboard]'), or use training.logger=csv")
 
         return TensorBoardLogger(save_dir=str(output / "logs"), name="", version="")
-    from lightning.pytorch.loggers import CSVLogger
-
-    return CSVLogger(save_dir=str(output / "logs"), name="", version="")
+    return ResumableCSVLogger(save_dir=str(output / "logs"), name="", version="")
 
 
 def _accelerator(config: ExperimentConfig) -> str:
@@ -136,8 +141,9 @@ def train(
 ) -> dict[str, Any] | None:
     """Train with ``config``, write the run directory ``output``, return its metrics.
 
-    ``callbacks`` are extra Lightning callbacks. Returns ``None`` on non-zero DDP ranks (only
-    rank 0 evaluates and writes results).
+    ``callbacks`` are extra Lightning callbacks. ``resume`` continues from ``output``'s resume
+    state; a run killed before its first epoch ended has none and starts again from the
+    beginning. Returns ``None`` on non-zero DDP ranks (only rank 0 evaluates and writes results).
     """
     output = Path(output)
     training = config.training
@@ -149,9 +155,12 @@ def train(
         modality_dims=metadata.modality_dims, num_classes=metadata.num_classes, num_speakers=metadata.num_speakers
     )
     data_fingerprint = fingerprint(corpus)
-    resume_path = output / "lightning" / "last.ckpt"
+    resume_path = output / "lightning" / RESUME_FILE
     if resume and not resume_path.is_file():
-        raise FileNotFoundError(f"{resume_path}: nothing to resume from")
+        if not (output / "config.yaml").is_file():
+            raise FileNotFoundError(f"{resume_path}: nothing to resume from")
+        log.warning("%s: no resume state (the run stopped during its first epoch); starting from epoch 0", resume_path)
+        resume = False
 
     L.seed_everything(training.seed, workers=True, verbose=False)
     train_dialogues, dev_dialogues = corpus.splits["train"], corpus.splits["dev"]
@@ -182,11 +191,8 @@ def train(
         commit=git_commit(),
     )
     selector = SelectBestOnDev(output / "checkpoint", metadata.classes, run_info)
-    callbacks = [
-        *(callbacks or []),
-        selector,
-        ModelCheckpoint(dirpath=str(output / "lightning"), save_last=True, save_top_k=0, enable_version_counter=False),
-    ]
+    resume_state = ResumeState(output / "lightning")
+    callbacks = [*(callbacks or []), selector, resume_state]  # the trainer runs resume_state last
     if training.patience > 0:
         callbacks.append(EarlyStopping(monitor=DEV_METRIC, mode="max", patience=training.patience))
     accelerator = _accelerator(config)
@@ -208,6 +214,7 @@ def train(
         gradient_clip_val=training.grad_clip or None,
         deterministic=deterministic,
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
         logger=_logger(config, output),
         enable_progress_bar=training.progress_bar,
         enable_model_summary=False,
@@ -218,22 +225,20 @@ def train(
     if trainer.is_global_zero:
         output.mkdir(parents=True, exist_ok=True)
         write_text_atomic(output / "config.yaml", dump_config(config))
-    started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*srun.*")
         trainer.fit(
             system, datamodule=datamodule, ckpt_path=str(resume_path) if resume else None, weights_only=True
         )
-    train_seconds = time.perf_counter() - started
     if not trainer.is_global_zero:
         return None
     if selector.best_epoch < 0:
         raise RuntimeError("training produced no dev evaluation; nothing to select")
     return finish_run(
-        output=output, corpus=corpus, selector=selector, train_seconds=train_seconds,
+        output=output, corpus=corpus, selector=selector, train_seconds=resume_state.train_seconds,
         epochs_run=trainer.current_epoch, device=accelerator, config=config,
-        num_parameters=system.model.num_parameters(),
+        num_parameters=system.model.num_parameters(), resumed_at_epochs=resume_state.resumed_at_epochs,
     )
 
 
@@ -247,8 +252,13 @@ def finish_run(
     device: str,
     config: ExperimentConfig,
     num_parameters: int,
+    resumed_at_epochs: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the selected checkpoint on dev and, once, on test; write metrics, report, plots."""
+    """Evaluate the selected checkpoint on dev and, once, on test; write metrics, report, plots.
+
+    ``train_seconds`` counts the epochs kept in the run (an epoch redone after a kill counts
+    once); ``resumed_at_epochs`` lists the epochs at which the run was resumed.
+    """
     torch_device = "cuda" if device in ("gpu", "cuda") else device
     checkpoint = load_checkpoint(output / "checkpoint", map_location=torch_device)
     classes = checkpoint.classes
@@ -262,6 +272,7 @@ def finish_run(
         "test": test,
         "history": selector.history,
         "train_seconds": train_seconds,
+        "resumed_at_epochs": list(resumed_at_epochs or []),
         "seconds_per_epoch": train_seconds / max(1, len(selector.history)),
         "num_parameters": num_parameters,
         "dataset": corpus.metadata.to_dict(),
