@@ -119,6 +119,7 @@ def test_unknown_precision_has_no_autocast():
         autocast_context("8-bit", "cpu")
 
 
+@pytest.mark.integration
 @pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
 def test_bf16_training_run(tmp_path):
     from redifu.training.run import train

@@ -55,6 +55,7 @@ def test_quick_suite_writes_every_section(tmp_path, monkeypatch):
     assert not (tmp_path / "results.json.partial").exists()
 
 
+@pytest.mark.integration
 def test_stages_run_in_a_fresh_process_with_this_ones_threads():
     import os
 

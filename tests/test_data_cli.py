@@ -56,6 +56,7 @@ def test_prepare_meld_writes_a_text_dataset_with_its_extractor(meld_dataset, cap
     assert counts[-1] == sum(counts[:-1]) == sum(manifest["utterances"].values())
 
 
+@pytest.mark.integration
 def test_train_text_recipe_on_prepared_meld(meld_dataset, tmp_path):
     config = Path(__file__).resolve().parents[1] / "configs" / "meld-text.yaml"
     code = main(["train", "--config", str(config), f"data.path={meld_dataset}", "--output", str(tmp_path / "run"),
@@ -94,6 +95,7 @@ def test_convert_and_info_on_a_feature_pickle(tmp_path, capsys):
     assert run["extractors"] == reported  # so `predict` knows not to take redifu's openSMILE for theirs
 
 
+@pytest.mark.integration
 def test_train_reads_a_pickle_through_the_same_reader(tmp_path):
     fixture = write_fixture("mmgcn-iemocap", tmp_path)
     assert main(["train", "--output", str(tmp_path / "run"), f"data.path={fixture.path}", *FAST_TRAIN]) == 0

@@ -165,6 +165,7 @@ def test_grid_mistakes_are_one_line_errors(tmp_path, text, message):
 
 # --- runner and results page ------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_grid_runs_resumes_and_writes_the_results_page(tmp_path):
     grid = load_grid(write_tiny_grid(tmp_path / "grid.yaml"))
     del grid.datasets["missing"]
@@ -214,6 +215,7 @@ def test_grid_runs_resumes_and_writes_the_results_page(tmp_path):
     assert "Before (the old run): held" in page
 
 
+@pytest.mark.integration
 def test_unfinished_evaluations_are_added_without_retraining(tmp_path):
     grid = load_grid(write_tiny_grid(tmp_path / "grid.yaml"))
     del grid.datasets["missing"]
@@ -232,6 +234,7 @@ def test_unfinished_evaluations_are_added_without_retraining(tmp_path):
     assert record["trained_now"] is False and "burst=0.5" in record["evaluations"]
 
 
+@pytest.mark.integration
 def test_experiment_command_quick_mode_skips_missing_data(tmp_path):
     grid = write_tiny_grid(tmp_path / "grid.yaml")
     result = subprocess.run(
@@ -244,6 +247,7 @@ def test_experiment_command_quick_mode_skips_missing_data(tmp_path):
     assert (tmp_path / "docs" / "RESULTS.md").is_file()
 
 
+@pytest.mark.integration
 def test_experiment_command_reports_a_bad_grid_in_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "redifu", "experiment", "--grid", str(tmp_path / "nope.yaml")],
                             capture_output=True, text=True, cwd=tmp_path, timeout=120)

@@ -132,6 +132,7 @@ def test_audio_options_need_audio(meld, tmp_path, capsys):
     assert code == 2 and "need --audio DIR" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_train_then_predict_from_raw_audio_with_the_same_extractor(prepared, meld, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", f"data.path={prepared}", "--output", str(run), *FAST_TRAIN]) == 0

@@ -78,6 +78,7 @@ def test_csv_log_keeps_the_resumed_epochs_and_drops_a_cut_line(tmp_path):
     assert not path.exists()
 
 
+@pytest.mark.integration
 def test_an_early_stopped_run_stays_stopped_on_resume(tmp_path):
     # patience 1 stops the tiny run after its first epoch without a better dev F1 (epoch 4)
     config = load_config(None, [*TINY, "training.max_epochs=8", "training.patience=1"])
@@ -101,6 +102,7 @@ class DieInEpoch(Callback):
             raise RuntimeError("killed")
 
 
+@pytest.mark.integration
 def test_a_run_killed_in_its_first_epoch_starts_again_on_resume(tmp_path):
     config = load_config(None, [*TINY, "training.max_epochs=2"])
     reference = tmp_path / "reference"
@@ -117,6 +119,7 @@ def test_a_run_killed_in_its_first_epoch_starts_again_on_resume(tmp_path):
     assert_same_run(output, reference)
 
 
+@pytest.mark.integration
 def test_grid_cell_interrupted_mid_training_resumes(tmp_path):
     grid_file = tmp_path / "grid.yaml"
     grid_file.write_text(

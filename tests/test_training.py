@@ -29,6 +29,7 @@ def tiny_run(tmp_path_factory):
     return config, output, metrics
 
 
+@pytest.mark.integration
 def test_run_directory_layout(tiny_run):
     _, output, metrics = tiny_run
     for name in ("config.yaml", "metrics.json", "classification_report.txt", "confusion_matrix.png", "curves.png",
@@ -46,6 +47,7 @@ def test_run_directory_layout(tiny_run):
     assert on_disk["data_fingerprint"] and on_disk["num_parameters"] > 0
 
 
+@pytest.mark.integration
 def test_selected_epoch_is_the_best_dev_epoch(tiny_run):
     _, _, metrics = tiny_run
     dev_scores = [row["dev/weighted_f1"] for row in metrics["history"]]
@@ -55,6 +57,7 @@ def test_selected_epoch_is_the_best_dev_epoch(tiny_run):
     assert metrics["dev"]["weighted_f1"] == pytest.approx(dev_scores[best], abs=1e-3)
 
 
+@pytest.mark.integration
 def test_saved_checkpoint_reproduces_test_metrics_exactly(tiny_run):
     config, output, metrics = tiny_run
     checkpoint = load_checkpoint(output / "checkpoint")
@@ -65,6 +68,7 @@ def test_saved_checkpoint_reproduces_test_metrics_exactly(tiny_run):
     assert again["confusion_matrix"] == metrics["test"]["confusion_matrix"]
 
 
+@pytest.mark.integration
 def test_same_seed_same_metrics(tiny_run, tmp_path):
     config, _, metrics = tiny_run
     second = train(config, tmp_path / "again")
@@ -72,6 +76,7 @@ def test_same_seed_same_metrics(tiny_run, tmp_path):
     assert second["test"] == metrics["test"]
 
 
+@pytest.mark.integration
 def test_resume_continues_from_last_epoch(tiny_run, tmp_path):
     config, output, metrics = tiny_run
 
@@ -105,6 +110,7 @@ def test_summary_over_seeds():
     assert summary["seeds"] == [1, 2]
 
 
+@pytest.mark.integration
 def test_tensorboard_logger_writes_event_files(tmp_path):
     pytest.importorskip("tensorboard")
     config = load_config(None, [*TINY, "training.max_epochs=1", "training.logger=tensorboard"])
@@ -112,6 +118,7 @@ def test_tensorboard_logger_writes_event_files(tmp_path):
     assert list((tmp_path / "tb" / "logs").rglob("events.out.tfevents*"))
 
 
+@pytest.mark.integration
 def test_csv_logger_writes_dev_metric(tiny_run):
     _, output, _ = tiny_run
     text = (output / "logs" / "metrics.csv").read_text()
