@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from redifu.errors import CheckpointError, ConfigError
-from redifu.files import atomic_directory, recover_directory, write_json_atomic
+from redifu.files import atomic_directory, recover_directory
 from redifu.model import ReDiFu, ReDiFuConfig
 
 CONFIG_FILE = "config.json"
@@ -27,7 +27,7 @@ WEIGHTS_FILE = "model.safetensors"
 LABELS_FILE = "labels.json"
 RUN_FILE = "run.json"
 
-__all__ = ["Checkpoint", "CheckpointError", "RunInfo", "load_checkpoint", "save_checkpoint", "write_json_atomic"]
+__all__ = ["Checkpoint", "CheckpointError", "RunInfo", "load_checkpoint", "save_checkpoint"]
 
 DEFAULT_EVAL_BATCH_SIZE = 32
 

@@ -72,7 +72,7 @@ def _summary_table(summary: dict[str, Any]) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from redifu.checkpoint import write_json_atomic
+    from redifu.files import write_json_atomic
     from redifu.config import load_config
     from redifu.data.loading import load_corpus
     from redifu.training.run import summarize, train
@@ -123,7 +123,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from redifu.checkpoint import load_checkpoint, write_json_atomic
+    from redifu.checkpoint import load_checkpoint
+    from redifu.files import write_json_atomic
     from redifu.config import apply_overrides, build_config
     from redifu.data.loading import fingerprint, load_corpus
     from redifu.training.evaluation import evaluate_split

@@ -33,13 +33,13 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 
 import redifu
-from redifu.checkpoint import RunInfo, load_checkpoint, save_checkpoint, write_json_atomic
+from redifu.checkpoint import RunInfo, load_checkpoint, save_checkpoint
 from redifu.config import ExperimentConfig, dump_config
 from redifu.data.batching import feature_statistics
 from redifu.data.dialogue import DialogueCorpus
 from redifu.data.loading import fingerprint, load_corpus
 from redifu.errors import ConfigError
-from redifu.files import recover_directory, write_text_atomic
+from redifu.files import recover_directory, write_json_atomic, write_text_atomic
 from redifu.training.evaluation import evaluate_split
 from redifu.training.loss import inverse_frequency_weights
 from redifu.training.metrics import format_report
