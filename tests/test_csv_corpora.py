@@ -353,8 +353,8 @@ def test_to_dialogue_corpus_with_a_stand_in_encoder(tmp_path):
             meld_row("dddd", "Joey", "fear", "negative", dialogue=2, utterance=0)]
     transcripts = read_meld_csvs(write_meld(tmp_path, rows))
 
-    def encode(texts):
-        return np.array([[len(t), 1.0] for t in texts], dtype=np.float32)
+    def encode(dialogues):
+        return np.array([[len(t), 1.0] for d in dialogues for _, t in d], dtype=np.float32)
 
     corpus = transcripts.to_dialogue_corpus(encode)
     assert corpus.metadata.classes == MELD_EMOTIONS
@@ -367,6 +367,7 @@ def test_to_dialogue_corpus_with_a_stand_in_encoder(tmp_path):
     assert first.features["text"][:, 0].tolist() == [1, 2, 3]
     assert corpus.splits["train"][1].features["text"][0, 0] == 4
     assert corpus.num_utterances("dev") == 1
+    assert first.transcript == [("Ross", "a"), ("Rachel", "bb"), ("Ross", "ccc")]
 
     with pytest.raises(DataError, match="encoder returned shape"):
-        transcripts.to_dialogue_corpus(lambda texts: np.zeros((len(texts) + 1, 2), dtype=np.float32))
+        transcripts.to_dialogue_corpus(lambda dialogues: np.zeros((sum(map(len, dialogues)) + 1, 2), dtype=np.float32))

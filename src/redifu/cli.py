@@ -288,6 +288,26 @@ def cmd_features_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_text_finetune(args: argparse.Namespace) -> int:
+    from redifu.text_finetune import finetune_text_encoder, parse_settings
+
+    settings = parse_settings(args.overrides)
+    try:
+        manifest = finetune_text_encoder(args.data, args.output, base=args.base, settings=settings,
+                                         progress=not args.no_progress and sys.stderr.isatty(), restart=args.restart)
+    except ImportError as error:  # transformers / peft
+        raise UsageError(str(error)) from None
+    dev = manifest["dev"]
+    print(f"wrote {args.output}: epoch {manifest['selected_epoch']} of {settings.epochs} selected on dev "
+          f"(weighted F1 {dev['weighted_f1']:.2f}, accuracy {dev['accuracy']:.2f}, macro F1 {dev['macro_f1']:.2f}); "
+          f"{manifest['cost']['seconds_per_epoch']:.0f} s per epoch, "
+          f"{manifest['cost']['train_utterances_per_second']:.1f} utterances/s")
+    for record in manifest["history"]:
+        print(f"  epoch {record['epoch']}: dev weighted F1 {record['dev']['weighted_f1']:.2f}")
+    print(f"use it: redifu data prepare NAME --source SRC --text-encoder {args.output} --output DIR")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from redifu.config import shipped_configs
 
@@ -388,7 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--source", metavar="DIR", help="read local copies of the dataset's files instead of downloading")
     prepare.add_argument("--download-dir", metavar="DIR", help="where downloads go (default ~/.cache/redifu/datasets)")
     prepare.add_argument("--base-url", metavar="URL", help="download from this mirror instead of the official URL")
-    prepare.add_argument("--encoder", metavar="MODEL", help="sentence-transformers model name or local path")
+    prepare.add_argument("--text-encoder", "--encoder", dest="encoder", metavar="MODEL",
+                         help="the text extractor: an encoder directory from `redifu text finetune` (each utterance "
+                         "read with its dialogue context, as fine-tuned), or a sentence-transformers model name or "
+                         "local path (default: the packaged all-MiniLM-L6-v2)")
     prepare.add_argument("--batch-size", type=int, default=64, help="encoder batch size (default: 64)")
     prepare.add_argument("--cache-dir", metavar="DIR", help="text feature cache (default ~/.cache/redifu/text-features)")
     prepare.add_argument("--audio", metavar="DIR",
@@ -458,6 +481,34 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--cache-dir", metavar="DIR",
                          help="feature cache root (default ~/.cache/redifu/{audio,text}-features)")
     extract.set_defaults(handler=cmd_features_extract)
+
+    text = commands.add_parser("text", help="fine-tune text encoders",
+                               description="Text encoders for the text features.")
+    text_commands = text.add_subparsers(dest="text_command", metavar="TEXT_COMMAND", required=True)
+    finetune = text_commands.add_parser(
+        "finetune", help="fine-tune a text encoder on a prepared dataset, each utterance read in its context",
+        description="Fine-tune a text encoder on the training split of a dataset prepared by `redifu data prepare` "
+        "(its transcripts): each utterance is read as '[CLS] speaker: target [SEP] past utterances [SEP] future "
+        "utterances [SEP]' (the target as the first segment, speakers' names before every utterance, the nearest "
+        "context kept when the token budget runs out), its tokens mean-pooled, a linear emotion classifier on top. "
+        "The epoch with the best dev weighted F1 is written to ENCODER_DIR; the test split is never read. Rerunning "
+        "an interrupted command resumes it. Then `redifu data prepare NAME --text-encoder ENCODER_DIR` encodes a "
+        "dataset with it, and models trained on that dataset encode new conversations with it in `redifu predict`.",
+        epilog="options (key=value, YAML values): past=8 future=0 max_length=128 speakers=true (context); epochs=3 "
+        "lr=5e-5 batch_size=32 warmup=0.1 weight_decay=0.01 dropout=0.1 grad_clip=1.0 class_weights=false seed=0; "
+        "lora_rank=0 (r > 0: LoRA adapters through peft, merged at the end) lora_alpha=2r; checkpoint_steps=200; "
+        "max_train_dialogues=N (quick studies); threads=N; device=cpu|cuda.",
+    )
+    finetune.add_argument("--data", metavar="DIR", required=True, help="a dataset from `redifu data prepare`")
+    finetune.add_argument("--output", metavar="ENCODER_DIR", required=True, help="the encoder directory to write")
+    finetune.add_argument("--base", default="all-MiniLM-L6-v2", metavar="MODEL",
+                          help="the encoder to start from: the packaged all-MiniLM-L6-v2 (default, offline), a local "
+                          "model directory or a Hugging Face model id")
+    finetune.add_argument("--restart", action="store_true",
+                          help="discard the state of an interrupted run instead of resuming it")
+    finetune.add_argument("--no-progress", action="store_true", help="no progress bar")
+    finetune.add_argument("overrides", nargs="*", metavar="key=value", help="fine-tuning options, e.g. past=4 lr=3e-5")
+    finetune.set_defaults(handler=cmd_text_finetune)
 
     from redifu.experiments import command as experiment_command
 

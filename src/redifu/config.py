@@ -270,24 +270,27 @@ def _merge(base: dict[str, Any], updates: Mapping[str, Any]) -> None:
             base[key] = value
 
 
+def build_section(name: str, cls: type, values: Any) -> Any:
+    """The dataclass ``cls`` built from a mapping of its options, each checked against its type
+    (one-line :class:`ConfigError` naming ``name.key`` otherwise)."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{name}: expected a mapping of options")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{name}.{key}: unknown option")
+        kwargs[key] = _coerce(f"{name}.{key}", value, hints[key])
+    return cls(**kwargs)
+
+
 def build_config(raw: Mapping[str, Any]) -> ExperimentConfig:
     """Validate a nested mapping (e.g. parsed YAML) into an :class:`ExperimentConfig`."""
     unknown = sorted(set(raw) - {"data", "model", "training"})
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown section; expected data, model or training")
-    sections: dict[str, Any] = {}
-    for name, cls in _SECTIONS.items():
-        values = raw.get(name) or {}
-        if not isinstance(values, Mapping):
-            raise ConfigError(f"{name}: expected a mapping of options")
-        hints = typing.get_type_hints(cls)
-        known = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {}
-        for key, value in values.items():
-            if key not in known:
-                raise ConfigError(f"{name}.{key}: unknown option")
-            kwargs[key] = _coerce(f"{name}.{key}", value, hints[key])
-        sections[name] = cls(**kwargs)
+    sections = {name: build_section(name, cls, raw.get(name) or {}) for name, cls in _SECTIONS.items()}
     model_values = raw.get("model") or {}
     if not isinstance(model_values, Mapping):
         raise ConfigError("model: expected a mapping of options")

@@ -98,7 +98,8 @@ def extract_features(
         raise ValueError(f"output {output}: unknown format {output.suffix!r}; use .jsonl or .csv")
     if output.resolve() == input_path.resolve():
         raise ValueError(f"output {output}: would overwrite the input file")
-    utterances: list[InputUtterance] = [u for dialogue in read_conversations(input_path) for u in dialogue]
+    conversations = [list(dialogue) for dialogue in read_conversations(input_path)]
+    utterances: list[InputUtterance] = [u for dialogue in conversations for u in dialogue]
 
     folder = features_dir(output)
     names: list[str] = []
@@ -125,11 +126,12 @@ def extract_features(
     vectors: dict[str, list[np.ndarray]] = {}
     extractors: dict[str, dict] = {}
     if "text" in modalities:
-        from redifu.features.text import DEFAULT_TEXT_ENCODER, TextEncoder
+        from redifu.features.finetuned_text import load_text_encoder
 
-        encoder = TextEncoder(text_encoder or DEFAULT_TEXT_ENCODER, progress=False,
-                              cache_dir=Path(cache_dir) / "text-features" if cache_dir else None)
-        vectors["text"] = list(encoder.encode([u.text for u in utterances]))
+        encoder = load_text_encoder(text_encoder, progress=False,
+                                    cache_dir=Path(cache_dir) / "text-features" if cache_dir else None)
+        # whole dialogues: a fine-tuned encoder reads each utterance with its context
+        vectors["text"] = list(encoder.encode_dialogues([[(u.speaker, u.text) for u in d] for d in conversations]))
         extractors["text"] = asdict(encoder.info)
     if "audio" in modalities:
         from redifu.features.audio import AudioFeatureExtractor

@@ -102,8 +102,12 @@ def prepare_transcripts(
         audio_cache_dir: Audio feature cache; default ``~/.cache/redifu/audio-features``.
         audio_extractor: An :class:`~redifu.features.audio.AudioFeatureExtractor` to use
             instead of building one (tests count its extractions).
+        encoder: The text extractor: a sentence-transformers model name or path, or an encoder
+            directory written by ``redifu text finetune`` (each utterance is then read with its
+            dialogue, as it was fine-tuned). Default: the packaged all-MiniLM-L6-v2.
         text_encoder: A :class:`~redifu.features.text.TextEncoder` (or any object with its
-            ``encode``, ``info`` and ``model_name``) to use instead of building one from ``encoder``.
+            ``encode`` or ``encode_dialogues``, ``info`` and ``model_name``) to use instead of
+            building one from ``encoder``.
     """
     entry = registry.get(name)
     if not entry.preparable:
@@ -140,16 +144,18 @@ def prepare_transcripts(
             [vectors[(split, u.dialogue_id, u.index)] for d in dialogues for u in d])  # (U, D_audio)
         extractors["audio"] = audio_stats["extractor"]
         provenance["audio"] = audio_provenance
-    if text_encoder is None:
-        from redifu.features.text import DEFAULT_TEXT_ENCODER, TextEncoder
+    from redifu.features.text import encode_dialogues
 
-        text_encoder = TextEncoder(encoder or DEFAULT_TEXT_ENCODER, batch_size=batch_size, cache_dir=cache_dir,
-                                   progress=progress)
+    if text_encoder is None:
+        from redifu.features.finetuned_text import load_text_encoder
+
+        text_encoder = load_text_encoder(encoder, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
     encode_started = time.perf_counter()
     description = f"{name} official CSVs, text features from {text_encoder.model_name}"
     if audio is not None:
         description += f", audio features from openSMILE {audio_set}"
-    corpus = transcripts.to_dialogue_corpus(text_encoder.encode, num_speakers=num_speakers,
+    corpus = transcripts.to_dialogue_corpus(lambda dialogues: encode_dialogues(text_encoder, dialogues),
+                                            num_speakers=num_speakers,
                                             description=description, features=features)
     encode_seconds = time.perf_counter() - encode_started
     extractor = asdict(text_encoder.info)

@@ -116,7 +116,7 @@ class TranscriptCorpus:
 
     def to_dialogue_corpus(
         self,
-        encode: Callable[[Sequence[str]], np.ndarray],
+        encode: Callable[[Sequence[Sequence[tuple[str, str]]]], np.ndarray],
         *,
         num_speakers: int | None = None,
         description: str = "",
@@ -125,8 +125,10 @@ class TranscriptCorpus:
         """Encode every utterance's text and build a :class:`DialogueCorpus`.
 
         Args:
-            encode: Maps a list of ``T`` texts to a ``float32`` array of shape ``(T, D)``
-                (e.g. :meth:`redifu.features.text.TextEncoder.encode`).
+            encode: Maps a list of dialogues, each a list of ``(speaker, text)`` pairs, to a
+                ``float32`` array of shape ``(T, D)`` for their ``T`` utterances in order (e.g.
+                ``lambda d: redifu.features.text.encode_dialogues(encoder, d)``; a context-aware
+                encoder reads each utterance with its dialogue).
             num_speakers: Speaker slots; default :attr:`max_speakers`. See :func:`speaker_slots`
                 for what happens to the speakers of a dialogue with more people than slots.
             description: Stored in the metadata.
@@ -134,7 +136,7 @@ class TranscriptCorpus:
                 ``(U, D_m)`` features of the split's ``U`` utterances in order (e.g. audio).
 
         Shapes:
-            ``encode``: ``T`` texts -> ``(T, D_text)``; each ``features`` function -> ``(U, D_m)``.
+            ``encode``: dialogues of ``T`` utterances in all -> ``(T, D_text)``; each ``features`` function -> ``(U, D_m)``.
         """
         slots = self.max_speakers if num_speakers is None else num_speakers
         if slots < 1:
@@ -147,7 +149,8 @@ class TranscriptCorpus:
         folded = 0
         for split, dialogues in self.splits.items():
             texts = [u.text for d in dialogues for u in d]
-            arrays = {"text": np.asarray(encode(texts), dtype=np.float32)}  # (U, D_text)
+            arrays = {"text": np.asarray(encode([[(u.speaker, u.text) for u in d] for d in dialogues]),
+                                         dtype=np.float32)}  # (U, D_text)
             arrays.update({m: np.asarray(make(split, dialogues), dtype=np.float32) for m, make in extra.items()})
             for modality, array in arrays.items():
                 what = "encoder" if modality == "text" else "extractor"
@@ -174,6 +177,8 @@ class TranscriptCorpus:
                         speakers=speakers,
                         labels=np.array([u.emotion for u in dialogue], dtype=np.int64),
                         features={m: array[offset : offset + n] for m, array in arrays.items()},
+                        speaker_names=tuple(u.speaker for u in dialogue),
+                        texts=tuple(u.text for u in dialogue),
                     )
                 )
                 offset += n

@@ -89,12 +89,24 @@ class Dialogue:
         labels: Emotion index per utterance, ``int64`` of shape ``(N,)``;
             :data:`IGNORE_LABEL` where unknown.
         features: Per modality a ``float32`` array of shape ``(N, D_m)``.
+        speaker_names: The speakers' names per utterance, where the dialogue comes from
+            transcripts (``None`` for feature files and synthetic data).
+        texts: The transcript per utterance, where known (what text encoders are fine-tuned on).
     """
 
     dialogue_id: str
     speakers: np.ndarray
     labels: np.ndarray
     features: Mapping[str, np.ndarray] = field(default_factory=dict)
+    speaker_names: tuple[str, ...] | None = None
+    texts: tuple[str, ...] | None = None
+
+    @property
+    def transcript(self) -> list[tuple[str, str]] | None:
+        """``(speaker name, text)`` per utterance, or ``None`` without transcripts."""
+        if self.texts is None or self.speaker_names is None:
+            return None
+        return list(zip(self.speaker_names, self.texts))
 
     def __len__(self) -> int:
         return int(self.speakers.shape[0])
@@ -172,6 +184,10 @@ def validate_dialogue(dialogue: Dialogue, metadata: DatasetMetadata, *, source: 
             )
         if not np.isfinite(array).all():
             raise DataError(f"{where}: field '{modality}': contains NaN or Inf")
+    for name in ("speaker_names", "texts"):
+        values = getattr(dialogue, name)
+        if values is not None and (len(values) != n or not all(isinstance(v, str) for v in values)):
+            raise DataError(f"{where}: field {name!r}: expected {n} strings, got {len(values)} values")
 
 
 def label_counts(dialogues: Sequence[Dialogue], num_classes: int) -> np.ndarray:

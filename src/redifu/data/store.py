@@ -8,6 +8,8 @@ No pickle: anyone can read it with any safetensors and JSON library. Layout::
                             speakers (U,) int64, labels (U,) int64, offsets (D+1,) int64
                             (dialogue d spans rows offsets[d]:offsets[d+1]),
                             and one (U, D_m) float32 array per modality
+    DIR/<split>.transcripts.json  where the dialogues come from transcripts: per dialogue (in
+                            the manifest's order) {"speakers": [names], "texts": [texts]}
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ def save_corpus(corpus: DialogueCorpus, directory: str | Path, *, provenance: Ma
                     np.concatenate([d.features[modality] for d in dialogues]), dtype=np.float32
                 )
             save_file(arrays, str(staging / f"{split}.safetensors"), metadata={"format": FORMAT})
+            if all(d.transcript is not None for d in dialogues):
+                transcripts = [{"speakers": list(d.speaker_names), "texts": list(d.texts)} for d in dialogues]
+                (staging / f"{split}.transcripts.json").write_text(json.dumps(transcripts, ensure_ascii=False) + "\n")
         # the staging directory is renamed into place whole, so plain writes inside it are atomic
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return directory
@@ -104,16 +109,38 @@ def load_stored_corpus(directory: str | Path) -> DialogueCorpus:
         if len(offsets) != len(ids) + 1 or offsets[0] != 0 or (np.diff(offsets) < 0).any() \
                 or offsets[-1] != len(arrays["speakers"]):
             raise DataError(f"{path}: field 'offsets': does not match the {len(ids)} dialogues of split {split!r}")
+        transcripts = _read_transcripts(directory / f"{split}.transcripts.json", len(ids))
         dialogues = []
         for index, dialogue_id in enumerate(ids):
             rows = slice(int(offsets[index]), int(offsets[index + 1]))
+            transcript = transcripts[index] if transcripts is not None else {}
             dialogues.append(Dialogue(
                 dialogue_id=str(dialogue_id),
                 speakers=arrays["speakers"][rows],
                 labels=arrays["labels"][rows],
                 features={m: arrays[m][rows] for m in metadata.modality_dims},
+                speaker_names=_strings(transcript.get("speakers")),
+                texts=_strings(transcript.get("texts")),
             ))
         splits[split] = dialogues
     corpus = DialogueCorpus(metadata=metadata, splits=splits, provenance=dict(manifest.get("provenance", {})))
     corpus.validate(str(directory))
     return corpus
+
+
+def _read_transcripts(path: Path, count: int) -> list[dict[str, Any]] | None:
+    """The per-dialogue transcripts of a split, or ``None`` when the dataset has none."""
+    if not path.is_file():
+        return None
+    try:
+        transcripts = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: invalid JSON ({error})") from None
+    if not isinstance(transcripts, list) or len(transcripts) != count \
+            or not all(isinstance(t, dict) for t in transcripts):
+        raise DataError(f"{path}: expected one {{speakers, texts}} object per dialogue ({count})")
+    return transcripts
+
+
+def _strings(values: Any) -> tuple[str, ...] | None:
+    return tuple(values) if isinstance(values, list) else None

@@ -225,6 +225,11 @@ class TextEncoder:
             found.update(self._encode_missing(missing))
         return np.stack([found[key] for key in keys]).astype(np.float32, copy=False)
 
+    def encode_dialogues(self, dialogues: Sequence[Sequence[tuple[str, str]]]) -> np.ndarray:
+        """Features of every utterance of ``dialogues`` (each a list of ``(speaker, text)``), in
+        order; each text on its own (this encoder reads no context)."""
+        return self.encode([text for dialogue in dialogues for _, text in dialogue])
+
     def _encode_missing(self, missing: dict[bytes, str]) -> dict[bytes, np.ndarray]:
         from tqdm.auto import tqdm
 
@@ -306,6 +311,17 @@ class TextEncoder:
         index = self._load_index()
         for row, key in enumerate(keys):
             index.setdefault(key, (path, row))
+
+
+def encode_dialogues(encoder: Any, dialogues: Sequence[Sequence[tuple[str, str]]]) -> np.ndarray:
+    """``(T, D)`` features of the ``T`` utterances of ``dialogues`` (lists of ``(speaker, text)``)
+    from any text encoder: its own ``encode_dialogues`` (context-aware encoders read each
+    utterance with its dialogue), or ``encode`` of the texts alone for an encoder that has only
+    that (stand-ins in tests)."""
+    method = getattr(encoder, "encode_dialogues", None)
+    if method is not None:
+        return method(dialogues)
+    return encoder.encode([text for dialogue in dialogues for _, text in dialogue])
 
 
 def _read_shard(path: Path, member: str) -> np.ndarray | None:

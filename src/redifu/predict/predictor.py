@@ -99,12 +99,17 @@ class Predictor:
     def text_encoder(self) -> "TextEncoder":
         """The transcript encoder (built from the recorded text extractor on first use)."""
         if self._text_encoder is None:
-            from redifu.features.text import DEFAULT_TEXT_ENCODER, TextEncoder
+            from redifu.features.finetuned_text import is_encoder_dir, load_text_encoder
 
             extractor = self.extractors.get("text") or {}
             settings = extractor.get("settings") or {}
-            self._text_encoder = TextEncoder(
-                extractor.get("name") or DEFAULT_TEXT_ENCODER, device=str(self.device), progress=False,
+            name = extractor.get("name")
+            if "context" in settings and not is_encoder_dir(name):
+                raise CheckpointError(
+                    f"text: the model was trained on features of the fine-tuned encoder {name!r}, which is not "
+                    "there; copy that directory to this path, or give precomputed 'text' vectors")
+            self._text_encoder = load_text_encoder(
+                name, device=str(self.device), progress=False,
                 max_seq_length=settings.get("max_seq_length"), normalize=bool(settings.get("normalize", False)),
             )
         return self._text_encoder
@@ -212,7 +217,8 @@ class Predictor:
                                            dict(utterance.extractors)))
         return prepared
 
-    def _encode_texts(self, texts: list[str]) -> np.ndarray:
+    def _encode_texts(self, dialogues: list[list[tuple[str, str]]]) -> np.ndarray:
+        """Text features of every utterance of ``dialogues`` (``(speaker, text)`` lists)."""
         encoder = self.text_encoder
         if not self._checked_encoder:
             self._checked_encoder = True
@@ -220,7 +226,9 @@ class Predictor:
             if recorded and encoder.version != recorded:
                 logger.warning("text encoder %s is version %s, but the model was trained on features from %s",
                                encoder.model_name, encoder.version, recorded)
-        vectors = encoder.encode(texts)  # (T, D_text)
+        from redifu.features.text import encode_dialogues
+
+        vectors = encode_dialogues(encoder, dialogues)  # (T, D_text)
         expected = self.feature_dims["text"]
         if vectors.shape[1] != expected:
             raise CheckpointError(
@@ -246,9 +254,11 @@ class Predictor:
             dialogue_id, utterances = self._coerce(dialogue)
             checked = self._check(dialogue_id, utterances)
             prepared.append((dialogue_id, checked, self._speaker_slots(dialogue_id, checked)))
-        pending = [u for _, utterances, _ in prepared for u in utterances if "text" not in u.features]
-        vectors = self._encode_texts([u.text for u in pending]) if pending else []
-        text_vectors = {id(u): v for u, v in zip(pending, vectors)}
+        # whole dialogues, so that a context-aware encoder reads each utterance with its context
+        pending = [utterances for _, utterances, _ in prepared if any("text" not in u.features for u in utterances)]
+        vectors = self._encode_texts([[(u.speaker, u.text or "") for u in d] for d in pending]) if pending else []
+        text_vectors = {id(u): v for u, v in zip((u for d in pending for u in d), vectors)
+                        if "text" not in u.features}
         items = []
         for dialogue_id, utterances, speakers in prepared:
             features = {}

