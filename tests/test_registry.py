@@ -152,10 +152,11 @@ def tiny(tmp_path):
 
 
 def test_a_new_entry_is_prepared_through_the_cli(tiny, tmp_path, monkeypatch, capsys):
-    import redifu.features.text
+    import redifu.features.finetuned_text
 
     entry, source = tiny
-    monkeypatch.setattr(redifu.features.text, "TextEncoder", StandInEncoder)
+    # prepare builds its encoder through load_text_encoder: a plain model name gives a TextEncoder
+    monkeypatch.setattr(redifu.features.finetuned_text, "TextEncoder", StandInEncoder)
     output = tmp_path / "dataset"
     assert main(["data", "prepare", "tiny", "--source", str(source), "--output", str(output), "--no-progress"]) == 0
     assert "dataset: Tiny" in capsys.readouterr().out
