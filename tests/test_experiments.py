@@ -130,6 +130,13 @@ robustness:
   variants: [full, denoiser off]
   test_time: {{gaussian: [0, -10], drop: [1.0]}}
   train_and_test: {{variants: [full], burst: [0.5]}}
+real_text:
+  columns: [ReDiFu, no graph, BiGRU]
+  rows:
+    - {{dataset: tiny, features: frozen, variants: [full, graph off, "-"]}}
+  published:
+    - {{method: Someone, encoder: big, selection: dev, scores: {{tiny: 99.9}}}}
+  note: quoted for comparison.
 """)
     return path
 
@@ -155,6 +162,10 @@ def test_grid_plans_each_cell_once(tmp_path):
     ("seeds: [1]\ndatasets: {a: {config: null}}\nvariants: {full: []}\nrobustness: {dataset: a, test_time: {burst: [2]}}",
      "expected 0..1"),
     ("seeds: [1]\ndatasets: {a: {config: null}}\nvariants: {full: []}\ncolour: red", "colour: unknown key"),
+    ("seeds: [1]\ndatasets: {a: {config: null}}\nvariants: {full: []}\n"
+     "real_text: {columns: [x, y], rows: [{dataset: a, features: f, variants: [full]}]}", "one variant per column"),
+    ("seeds: [1]\ndatasets: {a: {config: null}}\nvariants: {full: []}\n"
+     "real_text: {columns: [x], rows: [{dataset: a, features: f, variants: [nope]}]}", "'nope' is not defined"),
 ])
 def test_grid_mistakes_are_one_line_errors(tmp_path, text, message):
     path = tmp_path / "grid.yaml"
@@ -200,6 +211,9 @@ def test_grid_runs_resumes_and_writes_the_results_page(tmp_path):
     assert "| graph off |" in page and "full − denoiser off at -10 dB" in page
     assert "n/a" not in page.split("## Provenance")[0]
     assert "(before," not in page
+    real_text = page.split("## 4. Real text")[1].split("## Provenance")[0]
+    assert "| tiny synthetic | frozen |" in real_text and "| — |" in real_text  # "-" = a column not run
+    assert "| Someone | big | dev | 99.9 |" in real_text and "no graph: `model.graph=off`" in real_text
 
     # a rerun against that summary shows the earlier figure beside each comparison
     summary = json.loads((tmp_path / "docs" / "results-summary.json").read_text())

@@ -6,7 +6,10 @@ three sections: ``ablation`` and ``speaker_graph`` (lists of ``{datasets, varian
 ``robustness`` (one dataset; variants evaluated on corrupted test features, and variants
 trained *and* tested on corrupted features). An optional ``earlier`` (``{summary: FILE, note:
 TEXT}``) names the summary of an earlier version of the page, which the page then shows beside
-each comparison. A cell is one training run: (dataset, variant,
+each comparison. An optional ``real_text`` section compares text features (frozen and fine-tuned
+encoders) across models: ``columns`` (labels), ``rows`` (each a dataset, a features label and
+one variant per column) and ``published`` (quoted figures of the field, shown beside them, never
+run). A cell is one training run: (dataset, variant,
 training corruption, seed). Cells that several sections need are planned once.
 """
 
@@ -78,6 +81,7 @@ class Grid:
     corruption_seed: int = 1234
     source: str = "<memory>"
     earlier: dict[str, str] = field(default_factory=dict)
+    real_text: dict[str, Any] = field(default_factory=dict)
 
     def quick(self) -> "Grid":
         """One seed, tiny synthetic presets, two epochs of a tiny model: checks the pipeline only."""
@@ -93,6 +97,7 @@ class Grid:
             overrides=(*self.overrides, *QUICK_TRAINING), ablation=kept(self.ablation),
             speaker_graph=kept(self.speaker_graph), robustness=robustness,
             corruption_seed=self.corruption_seed, source=self.source + " (quick)",
+            real_text=dict(self.real_text, rows=[r for r in self.real_text.get("rows", []) if r["dataset"] in datasets]),
         )
 
     def cell_overrides(self, cell: Cell, *, quick: bool = False) -> list[str]:
@@ -123,6 +128,10 @@ class Grid:
                 for variant in dict.fromkeys((self.baseline, *variants)):
                     for seed in self.seeds:
                         add(dataset, variant, seed)
+        for row in self.real_text.get("rows", []):
+            for variant in row["variants"]:
+                for seed in self.seeds if variant != "-" else ():
+                    add(row["dataset"], variant, seed)
         if self.robustness:
             dataset = self.robustness["dataset"]
             test_levels = tuple(self.robustness_levels("test_time"))
@@ -178,7 +187,7 @@ def load_grid(path: str | Path) -> Grid:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: expected a mapping")
     unknown = sorted(set(raw) - {"seeds", "overrides", "datasets", "variants", "baseline", "corruption_seed",
-                                 "earlier", *SECTIONS})
+                                 "earlier", "real_text", *SECTIONS})
     if unknown:
         raise ConfigError(f"{where}: {unknown[0]}: unknown key")
     datasets = {}
@@ -206,11 +215,39 @@ def load_grid(path: str | Path) -> Grid:
         if not isinstance(earlier, Mapping) or set(earlier) - {"summary", "note"} or "summary" not in earlier:
             raise ConfigError(f"{where}: earlier: expected a mapping with summary (a file) and note")
         grid.earlier = {"summary": str(earlier["summary"]), "note": str(earlier.get("note", "earlier results"))}
+    if raw.get("real_text"):
+        grid.real_text = _real_text(raw["real_text"], grid, f"{where}: real_text")
     robustness = raw.get("robustness") or {}
     if robustness:
         _check_robustness(robustness, grid, f"{where}: robustness")
         grid.robustness = dict(robustness)
     return grid
+
+
+def _real_text(section: Any, grid: Grid, where: str) -> dict[str, Any]:
+    if not isinstance(section, Mapping) or set(section) - {"columns", "rows", "published", "note"}:
+        raise ConfigError(f"{where}: expected a mapping with columns, rows, published (and note)")
+    columns = _strings(section.get("columns"), f"{where}.columns")
+    rows = []
+    for index, row in enumerate(section.get("rows") or []):
+        here = f"{where}.rows[{index}]"
+        if not isinstance(row, Mapping) or set(row) - {"dataset", "features", "variants"}:
+            raise ConfigError(f"{here}: expected a mapping with dataset, features and variants")
+        _check_names((str(row.get("dataset", "")),), grid.datasets, f"{here}.dataset")
+        variants = _strings(row.get("variants"), f"{here}.variants")
+        if len(variants) != len(columns):
+            raise ConfigError(f"{here}.variants: one variant per column ({len(columns)}), got {len(variants)}")
+        _check_names(tuple(v for v in variants if v != "-"), grid.variants, f"{here}.variants")
+        rows.append({"dataset": str(row["dataset"]), "features": str(row.get("features", "")),
+                     "variants": tuple(v for v in variants)})
+    published = []
+    for index, item in enumerate(section.get("published") or []):
+        here = f"{where}.published[{index}]"
+        needed = {"method", "encoder", "selection", "scores"}
+        if not isinstance(item, Mapping) or set(item) != needed or not isinstance(item["scores"], Mapping):
+            raise ConfigError(f"{here}: expected method, encoder, selection and scores (dataset -> weighted F1)")
+        published.append(dict(item))
+    return {"columns": columns, "rows": rows, "published": published, "note": str(section.get("note", ""))}
 
 
 def _check_robustness(section: Mapping, grid: Grid, where: str) -> None:

@@ -15,7 +15,7 @@ import json
 import re
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -97,6 +97,47 @@ def _variant_tables(results: Results, blocks: list, metrics: Sequence[tuple[str,
                     results.difference(dataset, variant, grid.baseline))
                 lines.append(f"| {variant} | {' | '.join(cells)} | {delta} |")
     return lines
+
+
+def _real_text_tables(results: Results) -> list[str]:
+    """Test weighted F1 per dataset and features (rows) and model (columns), each column's
+    difference to the first, then the field's published figures."""
+    section = results.grid.real_text
+    columns = section["columns"]
+    lines = ["", "Test weighted F1 (mean ± std over seeds, dev-selected, test read once); under each column "
+             f"after the first, the paired bootstrap 95% CI of its difference to {columns[0]}.", "",
+             f"| dataset | text features | {' | '.join(columns)} |", "|---|---|" + "---|" * len(columns)]
+    for row in section["rows"]:
+        dataset, variants = row["dataset"], row["variants"]
+        cells = []
+        for index, variant in enumerate(variants):
+            if variant == "-":
+                cells.append("—")
+                continue
+            cell = _mean_std(results.values(dataset, variant))
+            if index and variants[0] != "-":
+                cell += f"<br>{_diff_text(results.difference(dataset, variant, variants[0]))}"
+            cells.append(cell)
+        lines.append(f"| {results.grid.datasets[dataset].label} | {row['features']} | {' | '.join(cells)} |")
+    lines += ["", "Variants (overrides): " + "; ".join(
+        f"{column}: `{_column_overrides(results, section['rows'], index)}`" for index, column in enumerate(columns))]
+    if section["published"]:
+        datasets = list(dict.fromkeys(d for item in section["published"] for d in item["scores"]))
+        lines += ["", "Published text-only figures, quoted (not run here): weighted F1 as reported by each paper.", "",
+                  f"| method | text encoder | selection | {' | '.join(datasets)} |",
+                  "|---|---|---|" + "---|" * len(datasets)]
+        for item in section["published"]:
+            scores = [str(item["scores"].get(d, "—")) for d in datasets]
+            lines.append(f"| {item['method']} | {item['encoder']} | {item['selection']} | {' | '.join(scores)} |")
+    if section["note"]:
+        lines += ["", section["note"]]
+    return lines
+
+
+def _column_overrides(results: Results, rows: Sequence[Mapping[str, Any]], index: int) -> str:
+    """The overrides of one real-text column's variants, each once, in order."""
+    overrides = dict.fromkeys(o for row in rows for o in results.grid.variants.get(row["variants"][index], ()))
+    return ", ".join(overrides) or "(the dataset config)"
 
 
 def _diff_text(difference: Difference | None) -> str:
@@ -406,6 +447,9 @@ def write_results(grid: Grid, output: Path, directory: Path, *, command: str, ma
         lines += ["Speaker-blind edges join the same utterances but with one relation for "
                   "'any speaker' instead of same-speaker and other-speaker relations."]
         lines += _variant_tables(results, grid.speaker_graph, SPEAKER_METRICS, overrides=True)
+    if grid.real_text:
+        lines += ["", "## 4. Real text: frozen and fine-tuned features, ReDiFu against baselines"]
+        lines += _real_text_tables(results)
     lines += ["", "## Provenance", "",
               "Each cell's directory (`<output>/<dataset>/<variant>/[train-<corruption>/]seed-<n>/`) "
               "holds its resolved config, `cell.json` (overrides, seed, commit, data fingerprint, "
