@@ -3,7 +3,8 @@
 Pipeline (Liu et al., "Relational graph-driven differential denoising and diffusion attention
 fusion for multimodal conversation emotion recognition", Neurocomputing 2026):
 
-1. per-modality input standardisation and projection, speaker embedding, position encoding;
+1. per-modality input standardisation and projection, speaker embedding, position encoding
+   (optionally a bidirectional GRU over the utterances: the recurrent baseline, ``recurrent``);
 2. differential-Transformer denoising of audio and visual (:mod:`redifu.nn.differential_attention`);
 3. relation-aware speaker graph inside and across modalities (:mod:`redifu.nn.relation_graph`);
 4. text-guided cross-modal diffusion fusion (:mod:`redifu.nn.fusion`);
@@ -28,11 +29,13 @@ from redifu.errors import MODALITIES, ConfigError
 from redifu.nn.differential_attention import DifferentialDenoiser
 from redifu.nn.fusion import FUSIONS, build_fusion
 from redifu.nn.positional import SinusoidalPositionalEncoding
+from redifu.nn.recurrent import DialogueGRU
 from redifu.nn.relation_graph import GraphAttention, RelationGraph
 
 DENOISERS = ("off", "dual", "temporal")
 GRAPHS = ("off", "modality", "modality+cross")
 POSITION_ENCODINGS = ("none", "sinusoidal", "rotary")
+RECURRENTS = ("none", "bigru")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,10 @@ class ReDiFuConfig:
         position_encoding: ``none``, ``sinusoidal`` (added to inputs) or ``rotary`` (inside
             every self-attention).
         speaker_embedding: Add a learned speaker embedding to every modality's input.
+        recurrent: ``none`` or ``bigru``: each modality's input stream then passes through a
+            bidirectional GRU over the dialogue (:class:`~redifu.nn.recurrent.DialogueGRU`, no
+            residual), before the denoiser; with the other stages off, the DialogueRNN-family
+            baseline.
         denoiser: ``off``, ``dual`` (Ye et al. differential attention) or ``temporal`` (the
             authors' previous-utterance variant).
         denoiser_layers: Depth of the denoiser stack.
@@ -84,6 +91,7 @@ class ReDiFuConfig:
     dropout: float = 0.3
     position_encoding: str = "sinusoidal"
     speaker_embedding: bool = True
+    recurrent: str = "none"
     denoiser: str = "dual"
     denoiser_layers: int = 1
     denoiser_heads: int | None = None
@@ -135,6 +143,7 @@ class ReDiFuConfig:
         need(self.num_heads >= 1 and self.hidden_size % self.num_heads == 0, "num_heads", "must divide hidden_size")
         need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
         need(self.position_encoding in POSITION_ENCODINGS, "position_encoding", f"must be one of {POSITION_ENCODINGS}")
+        need(self.recurrent in RECURRENTS, "recurrent", "must be 'none' or 'bigru'")
         need(self.denoiser in DENOISERS, "denoiser", f"must be one of {DENOISERS}")
         need(self.denoiser_layers >= 1, "denoiser_layers", "must be >= 1")
         need(self.denoiser_heads is None or self.denoiser_heads >= 1, "denoiser_heads", "must be >= 1")
@@ -283,6 +292,9 @@ class ReDiFu(nn.Module):
         self.speaker_embedding = nn.Embedding(config.num_speakers, dim) if config.speaker_embedding else None
         self.position = SinusoidalPositionalEncoding(dim=dim) if config.position_encoding == "sinusoidal" else None
         self.input_dropout = nn.Dropout(config.dropout)
+        self.recurrent = nn.ModuleDict()
+        if config.recurrent == "bigru":
+            self.recurrent.update({m: DialogueGRU(dim=dim, dropout=config.dropout) for m in config.modalities})
         self.denoisers = nn.ModuleDict()
         if config.denoiser != "off":
             for m in config.modalities:
@@ -341,7 +353,7 @@ class ReDiFu(nn.Module):
             encoder.reset_parameters()
         if self.speaker_embedding is not None:
             nn.init.normal_(self.speaker_embedding.weight, std=0.02)
-        for module in (*self.denoisers.values(), self.graph, self.fusion):
+        for module in (*self.recurrent.values(), *self.denoisers.values(), self.graph, self.fusion):
             if module is not None:
                 module.reset_parameters()
         for module in (*(self.classifier or ()), *self.modality_classifiers.values()):
@@ -388,6 +400,11 @@ class ReDiFu(nn.Module):
                 if self.position is not None:
                     h = self.position(h)
                 streams[m] = self.input_dropout(h) * keep
+
+        if self.recurrent:
+            with record_function("redifu.recurrent"):
+                for m, recurrent in self.recurrent.items():
+                    streams[m] = recurrent(streams[m], mask)
 
         with record_function("redifu.denoiser"):
             for m, denoiser in self.denoisers.items():
