@@ -30,7 +30,8 @@ overrides (dotted key=value, parsed as YAML values), for example:
   data.synthetic.train_dialogues=20   override a synthetic generator field
   model.hidden_size=256      any ReDiFuConfig option: denoiser=off|dual|temporal,
                              graph=off|modality|modality+cross, fusion=concat|symmetric|text_guided,
-                             window, num_heads, dropout, position_encoding=sinusoidal|rotary|none, ...
+                             recurrent=none|bigru, window, num_heads, dropout,
+                             position_encoding=sinusoidal|rotary|none, ...
   training.max_epochs=30     any training option: lr, batch_size, patience, seed, devices,
                              accelerator=auto|cpu|gpu, class_weights, aux_loss_weight, logger=csv|tensorboard|none
 The run directory gets config.yaml, checkpoint/, metrics.json, classification_report.txt,
