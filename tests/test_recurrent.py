@@ -80,6 +80,7 @@ def test_config_round_trip_and_an_old_config_without_the_key_loads(tmp_path):
     del old["recurrent"]
     assert ReDiFuConfig.from_dict(old) == default
     assert load_config(None, ["model.recurrent=bigru"]).model["recurrent"] == "bigru"
+    assert load_config(None, ["model.recurrent=none"]).model["recurrent"] == "none"  # a string, not YAML null
 
     # recurrent=none builds nothing: the same parameters as before the option existed, so a
     # checkpoint whose config.json predates it loads strictly.
@@ -137,6 +138,26 @@ def test_activation_checkpointing_gives_the_same_training_step_with_the_gru(tiny
     for name, grad in grads.items():
         assert grad is not None, name
         torch.testing.assert_close(checkpointed_grads[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_compiled_training_step_equals_eager_with_the_gru(tiny_corpus):
+    """torch.compile (training.compile) runs through the packed GRU (a graph break there) and
+    gives the eager logits and gradients within float tolerance."""
+    batch = collate_dialogues(_items(tiny_corpus, ("text",), 4))
+    torch.manual_seed(0)
+    model = ReDiFu(make_tiny_config(recurrent="bigru", dropout=0.0, **BASELINE)).train()
+    results = []
+    for module in (model, torch.compile(model)):
+        model.zero_grad()
+        output = module(batch.features, batch.speakers, batch.mask)
+        loss, _ = redifu_loss(output, batch.labels, aux_weight=0.3)
+        loss.backward()
+        results.append((output.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (logits, grads), (compiled_logits, compiled_grads) = results
+    torch.testing.assert_close(compiled_logits, logits, rtol=1e-4, atol=1e-4)
+    for name, grad in grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-3, atol=1e-4, msg=name)
 
 
 @pytest.mark.integration
