@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
+from redifu.config import load_config
 from redifu.experiments.corruption import Corruption, corrupt_corpus, corrupt_dialogues, feature_moments
 from redifu.experiments.grid import load_grid
 from redifu.experiments.results_page import write_results
@@ -276,6 +277,13 @@ def test_the_shipped_grid_file_is_valid():
     assert {"denoiser off", "denoiser temporal", "graph off", "graph modality-only", "fusion concat",
             "fusion symmetric", "text only"} <= variants
     assert any(v.startswith("authors' recipe") for v in variants)
+
+
+def test_the_real_text_grid_is_valid_and_builds_every_config():
+    grid = load_grid(REPO / "grids" / "real-text.yaml")
+    assert len(grid.seeds) >= 3 and grid.real_text["columns"][2] == "BiGRU"
+    for cell in grid.plan():  # every override is a real option (the datasets' files need not exist)
+        load_config(grid.datasets[cell.dataset].config, grid.cell_overrides(cell))
 
 
 @pytest.mark.slow
