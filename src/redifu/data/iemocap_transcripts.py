@@ -112,19 +112,19 @@ def _read_fields(path: Path) -> dict[str, Any]:
 
 
 def _split_ids(path: Path, field: str, value: Any) -> list[Any]:
-    if isinstance(value, (list, tuple)):
-        ids = list(value)
-        seen: set[Any] = set()
-        for dialogue_id in ids:
-            if dialogue_id in seen:
-                _fail(path, dialogue_id, field, "listed twice")
-            seen.add(dialogue_id)
-    elif isinstance(value, (set, frozenset)):
-        ids = list(value)
-    else:
+    if not isinstance(value, (list, tuple, set, frozenset)):
         raise DataError(f"{path}: field {field!r}: expected a list or set of dialogue ids, got a {type(value).__name__}")
+    ids = list(value)
     if not ids:
         raise DataError(f"{path}: field {field!r}: no dialogues listed")
+    odd = next((i for i in ids if not isinstance(i, (str, int)) or isinstance(i, bool)), None)
+    if odd is not None:  # COSMIC's ids are strings ('Ses01F_impro01'); ints sort and print as well
+        raise DataError(" ".join(f"{path}: field {field!r}: dialogue id {_short(odd)}: expected a string".split()))
+    seen: set[Any] = set()
+    for dialogue_id in ids:
+        if dialogue_id in seen:
+            _fail(path, dialogue_id, field, "listed twice")
+        seen.add(dialogue_id)
     return sorted(ids, key=lambda dialogue_id: (type(dialogue_id).__name__, dialogue_id))
 
 
