@@ -1,4 +1,4 @@
-"""Fetching the official CSVs: checksums, atomic writes, offline message, local sources.
+"""Fetching the official files: checksums, atomic writes, offline message, local sources.
 
 Every server here is a local ``http.server`` on 127.0.0.1; nothing leaves the machine.
 """
@@ -67,11 +67,13 @@ def sha256(path: Path) -> str:
 
 
 def test_official_table_is_well_formed():
-    assert set(OFFICIAL) == {"meld", "emorynlp"}
+    assert set(OFFICIAL) == {"meld", "emorynlp", "iemocap"}
+    homes = {"meld": "declare-lab/MELD/master/data/", "emorynlp": "declare-lab/MELD/master/data/",
+             "iemocap": "declare-lab/conv-emotion/master/COSMIC/feature-extraction/iemocap/"}
     for name, files in OFFICIAL.items():
-        assert len(files) == 3
+        assert len(files) == (1 if name == "iemocap" else 3)
         for filename, remote in files.items():
-            assert remote.url.startswith("https://raw.githubusercontent.com/declare-lab/MELD/master/data/")
+            assert remote.url.startswith(f"https://raw.githubusercontent.com/{homes[name]}")
             assert remote.url.endswith("/" + filename)
             assert len(remote.sha256) == 64 and int(remote.sha256, 16) >= 0
 
@@ -169,7 +171,10 @@ def test_source_with_an_older_copy_only_warns(tmp_path, caplog):
 def test_source_missing_file_and_bad_options(tmp_path):
     with pytest.raises(DataError, match="missing file"):
         fetch_dataset("meld", tmp_path / "t", source=tmp_path)
-    with pytest.raises(ValueError, match="name"):
-        fetch_dataset("iemocap", tmp_path / "t")
+    with pytest.raises(ValueError, match="name: dataset 'no-files' lists no official files"), \
+            registry.registered(registry.DatasetEntry(name="no-files", title="No files", classes=("a", "b"))):
+        fetch_dataset("no-files", tmp_path / "t")
+    with pytest.raises(ValueError, match="name: dataset: unknown dataset 'nope'"):
+        fetch_dataset("nope", tmp_path / "t")
     with pytest.raises(ValueError, match="base_url"):
         fetch_dataset("meld", tmp_path / "t", base_url="file:///etc")

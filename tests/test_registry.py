@@ -32,18 +32,20 @@ CHECKSUMS = {
     "emorynlp_train_final.csv": "462c66c333783adb801836d12d1424f48489bef4fb8ddfec7fbb2f08ce8211d5",
     "emorynlp_dev_final.csv": "20edc9d5917fe705b17b849f7f288e495d4132a60353a6247c3800445bdf8734",
     "emorynlp_test_final.csv": "dbc4b5638acd12c92a5f48def829e04f1c765cddffb4eedbe34216312e0d2d78",
+    "iemocap.pkl": "85f15be1fbd8678e0dd443a11ac609615f0e990cc0ca1551fdf86f98b9e6067f",
 }
 
 
 def test_built_in_entries_keep_the_published_classes_and_checksums():
     assert registry.names() == ("meld", "emorynlp", "iemocap")
-    assert registry.names(preparable=True) == ("meld", "emorynlp")
+    assert registry.names(preparable=True) == ("meld", "emorynlp", "iemocap")
     for name, classes in PUBLISHED.items():
         assert registry.get(name).classes == classes
     pinned = {f: r.sha256 for n in registry.names() for f, r in registry.get(n).files.items()}
     assert pinned == CHECKSUMS
     assert registry.get("meld").speaker_slots == 9 and registry.get("emorynlp").speaker_slots is None
-    assert registry.get("iemocap").audio_locator is None and not registry.get("iemocap").preparable
+    assert registry.get("iemocap").speaker_slots == 2  # an M and an F actor per session
+    assert registry.get("iemocap").audio_locator is None and registry.get("iemocap").preparable
 
 
 def test_feature_layouts_and_synthetic_presets_take_their_entry_classes():
@@ -186,5 +188,7 @@ def test_a_new_entry_is_checked_against_its_checksums_and_refuses_audio(tiny, tm
     with pytest.raises(DataError, match="no audio layout"):
         prepare_transcripts("tiny", tmp_path / "audio", source=source, audio=tmp_path, text_encoder=StandInEncoder())
     assert not (tmp_path / "audio").exists()
-    with pytest.raises(DataError, match="has no transcript reader; preparable: meld, emorynlp, tiny"):
-        prepare_transcripts("iemocap", tmp_path / "none", source=source)
+    known_by_features = registry.DatasetEntry(name="features-only", title="Features only", classes=("a", "b"))
+    with registry.registered(known_by_features), \
+            pytest.raises(DataError, match="has no transcript reader; preparable: meld, emorynlp, iemocap, tiny"):
+        prepare_transcripts("features-only", tmp_path / "none", source=source)

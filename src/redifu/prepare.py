@@ -88,7 +88,8 @@ def prepare_transcripts(
 
     Args:
         name: A preparable :mod:`redifu.data.registry` entry (``meld``, ``emorynlp``, ...).
-        source: Folder with the entry's files (checked against their pinned checksums).
+        source: Folder with the entry's files (checked against their pinned checksums), or one
+            of those files itself (its folder is read; IEMOCAP: ``iemocap.pkl``).
         audio: Folder of the raw audio, as the entry's ``audio_locator`` reads it. MELD: its clips as the official archives unpack them
             (``train_splits/``, ``dev_splits_complete/``, ``output_repeated_splits_test/`` holding
             ``dia{D}_utt{U}.mp4``; ``.wav``/``.flac`` copies are preferred). EmoryNLP: one file per
@@ -119,7 +120,7 @@ def prepare_transcripts(
         raise DataError(f"audio: dataset {name!r} has no audio layout (its registry entry has no audio_locator)")
     started = time.perf_counter()
     if source is not None:
-        directory = Path(source)
+        directory = _source_directory(entry, Path(source))
         if entry.files:  # checked against the pinned checksums (a mismatch is only logged)
             fetch_dataset(entry, directory, source=directory)
     elif not entry.files:
@@ -151,7 +152,8 @@ def prepare_transcripts(
 
         text_encoder = load_text_encoder(encoder, batch_size=batch_size, cache_dir=cache_dir, progress=progress)
     encode_started = time.perf_counter()
-    description = f"{name} official CSVs, text features from {text_encoder.model_name}"
+    transcript_files = ", ".join(dict.fromkeys(entry.split_files.values()))
+    description = f"{name} transcripts ({transcript_files}), text features from {text_encoder.model_name}"
     if audio is not None:
         description += f", audio features from openSMILE {audio_set}"
     corpus = transcripts.to_dialogue_corpus(lambda dialogues: encode_dialogues(text_encoder, dialogues),
@@ -170,6 +172,17 @@ def prepare_transcripts(
     stats = {"seconds": time.perf_counter() - started, "encode_seconds": encode_seconds,
              "repaired": transcripts.repaired, "extractor": extractor, "audio": audio_stats or None}
     return corpus, stats
+
+
+def _source_directory(entry: registry.DatasetEntry, source: Path) -> Path:
+    """The folder of ``--source``: the path itself, or the folder of one of the entry's files."""
+    if not source.is_file():
+        return source
+    expected = list(dict.fromkeys([*entry.files, *entry.split_files.values()]))
+    if source.name not in expected:
+        raise DataError(f"source {source}: a file of dataset {entry.name!r} is named "
+                        f"{' or '.join(expected)}; pass that file or the folder holding it")
+    return source.parent
 
 
 def _extract_transcript_audio(

@@ -1,7 +1,7 @@
-"""Fetching the official transcript CSVs, with pinned SHA-256 checksums.
+"""Fetching the official transcript files, with pinned SHA-256 checksums.
 
-The files come from the MELD repository (declare-lab/MELD on GitHub), which also distributes
-EmoryNLP's CSVs. Downloads go to a temporary file inside the target directory and are renamed
+The CSVs come from the MELD repository (declare-lab/MELD on GitHub), which also distributes
+EmoryNLP's; IEMOCAP's transcripts are COSMIC's ``iemocap.pkl`` (declare-lab/conv-emotion). Downloads go to a temporary file inside the target directory and are renamed
 into place only after every file of the dataset has been fetched and verified, so an
 interrupted or corrupted download never leaves a partial dataset behind.
 

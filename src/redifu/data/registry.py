@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Protocol, Sequence
 
 from redifu.data.csv_corpora import EpisodeAudio, MeldAudio, read_emorynlp_csvs, read_meld_csvs
+from redifu.data.iemocap_transcripts import read_iemocap_pickle
 from redifu.errors import SPLITS, DataError
 
 if TYPE_CHECKING:
@@ -207,6 +208,7 @@ def entry_for_preset(preset: str) -> DatasetEntry:
 
 _MELD_BASE = "https://raw.githubusercontent.com/declare-lab/MELD/master/data/MELD"
 _EMORYNLP_BASE = "https://raw.githubusercontent.com/declare-lab/MELD/master/data/emorynlp"
+_COSMIC_IEMOCAP_BASE = "https://raw.githubusercontent.com/declare-lab/conv-emotion/master/COSMIC/feature-extraction/iemocap"
 
 register(DatasetEntry(
     name="meld",
@@ -266,7 +268,18 @@ register(DatasetEntry(
     title="IEMOCAP",
     # {'hap':0, 'sad':1, 'neu':2, 'ang':3, 'exc':4, 'fru':5} in every loader checked
     classes=("happy", "sad", "neutral", "angry", "excited", "frustrated"),
+    # one pickle holds the transcripts, labels and COSMIC's official train/valid/test ids
+    split_files={"train": "iemocap.pkl", "dev": "iemocap.pkl", "test": "iemocap.pkl"},
+    files={
+        "iemocap.pkl": RemoteFile(
+            f"{_COSMIC_IEMOCAP_BASE}/iemocap.pkl",
+            "85f15be1fbd8678e0dd443a11ac609615f0e990cc0ca1551fdf86f98b9e6067f",
+        ),
+    },
+    reader=read_iemocap_pickle,
+    speaker_slots=2,  # one male and one female actor per session, as in the feature files
     feature_layouts=("sdt-iemocap", "mmgcn-iemocap", "dialoguernn-iemocap", "cosmic-iemocap"),
     synthetic_presets=("iemocap",),
-    reference="Busso et al., 2008 (licensed; known here through published feature files)",
+    reference="Busso et al., 2008 (licensed); transcripts, labels and split as COSMIC's iemocap.pkl "
+              "(declare-lab/conv-emotion)",
 ))
