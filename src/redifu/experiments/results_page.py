@@ -237,7 +237,7 @@ def _claim(results: Results, title: str, comparisons: Sequence[tuple[str, str, s
             short += f"\n\nBefore ({note}): {before['in_short']}"
         lines.insert(1, short + "\n")
     results.summary[title] = record
-    return lines
+    return lines if found else []  # a claim this grid has no cells for is left out
 
 
 def _strongest(levels: Sequence[Corruption]) -> list[Corruption]:
@@ -264,6 +264,8 @@ def _summary(results: Results) -> list[str]:
     graph = [(d, base, "graph off", {}) for d in ablated if has(d, "graph off")]
     graph += [(d, base, v, {}) for datasets, variants in grid.speaker_graph for d in datasets
               for v in variants if v == "speaker-blind"]
+    graph += [(row["dataset"], row["variants"][0], "graph off", {}) for row in grid.real_text.get("rows", [])
+              if "graph off" in row["variants"][1:] and (row["dataset"], base, "graph off", {}) not in graph]
     lines += _claim(results, "Claim 2: relation subgraphs capture speaker dependencies "
                     "(full model vs graph off, and vs speaker-blind edges)", graph)
     fusion = [(d, base, "fusion symmetric", {}) for d in ablated if has(d, "fusion symmetric")]
@@ -421,9 +423,9 @@ def write_results(grid: Grid, output: Path, directory: Path, *, command: str, ma
         "## Summary",
         *_summary(results),
         "",
-        "## 1. Ablations",
-        *_variant_tables(results, grid.ablation, METRICS),
     ]
+    if grid.ablation:
+        lines += ["## 1. Ablations", *_variant_tables(results, grid.ablation, METRICS)]
     if grid.robustness:
         dataset = grid.datasets[grid.robustness["dataset"]].label
         lines += ["", "## 2. Robustness to corrupted audio and video", "",
