@@ -82,6 +82,27 @@ def test_space_mistake_through_the_cli_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_missing_optuna_names_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
+    (tmp_path / "space.yaml").write_text(SPACE)
+    code = main(["tune", "--space", str(tmp_path / "space.yaml"), "--trials", "1", "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and 'pip install "redifu[tune]"' in err
+
+
+def test_combinations_the_model_refuses_fail_their_trials_and_end_the_search(tmp_path, capsys):
+    # each value is valid with the base config (hidden 16, 2 heads), the pair is not (2 x 8 heads
+    # of the dual denoiser do not divide 24)
+    (tmp_path / "space.yaml").write_text("model.hidden_size: {choices: [24]}\nmodel.num_heads: {choices: [8]}\n")
+    code = main(["tune", "--space", str(tmp_path / "space.yaml"), "--trials", "2", "--output", str(tmp_path / "out"),
+                 *TINY_DATA, *TINY_MODEL_OVERRIDES, *TINY_TRAINING])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.err.count("\n") == 1
+    assert "10 trials failed" in captured.err and "must divide hidden_size" in captured.err
+    assert captured.out.count(": failed (model.") == 10
+    assert not (tmp_path / "out" / "trials").exists() and not (tmp_path / "out" / "best.json").exists()
+
+
 @pytest.fixture(scope="module")
 def datasets(tiny_corpus, tmp_path_factory):
     """The tiny corpus stored twice: intact, and with its test split's file corrupted."""
@@ -239,7 +260,8 @@ def test_killed_search_resumes_to_the_requested_trials(tmp_path):
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 300
     try:
-        while _trials_in_state(output / "study.db") < 1:
+        # killed while the second trial trains (its run directory has its config), after the first completed
+        while not (output / "trials" / "trial-0001" / "config.yaml").is_file():
             assert process.poll() is None, process.stdout.read()
             assert time.monotonic() < deadline, "no trial completed in time"
             time.sleep(0.1)
@@ -258,10 +280,13 @@ def test_killed_search_resumes_to_the_requested_trials(tmp_path):
     states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") == 3 and "RUNNING" not in states
     failed_trials = [t for t in study.trials if t.state.name == "FAIL"]
-    assert len(failed_trials) == running_at_kill
+    assert running_at_kill == 1 and len(failed_trials) == 1
     for failed in failed_trials:  # killed mid-trial: retried with the same values
         retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == failed.number]
         assert len(retries) == 1 and retries[0].params == failed.params and retries[0].state.name == "COMPLETE"
+        assert set(failed.params) == {"training.lr", "model.dropout", "model.window"}
+    distinct = {json.dumps(t.params, sort_keys=True) for t in study.trials if t.state.name == "COMPLETE"}
+    assert len(distinct) == 3  # the resumed run did not draw the first run's values again
     best = json.loads((output / "best.json").read_text())
     assert best["n_trials"] == 3 and best["value"] == study.best_value
     assert rerun.stdout.count("trial ") >= 3 - killed_at

@@ -349,8 +349,10 @@ def run_search(
     where = redact(url)
     rdb = _open_storage(url)
     name = study_name or output.resolve().name
-    study = optuna.create_study(study_name=name, storage=rdb, sampler=optuna.samplers.TPESampler(seed=seed),
-                                direction="maximize", load_if_exists=True)
+    study = optuna.create_study(study_name=name, storage=rdb, direction="maximize", load_if_exists=True)
+    # A resumed search must not draw the first run's points again: its sampler is seeded past them
+    # (an uninterrupted search with the same seed is reproducible; a resumed one too, given where it stopped).
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.get_trials(deepcopy=False)))
     settings = _jsonable({"config": base_config.to_dict(), "space": {k: d.to_dict() for k, d in space.items()},
                           "overrides": list(overrides), "config_file": str(config_path) if config_path else None})
     _refuse_other_settings(study, settings, where=where)
