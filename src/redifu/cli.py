@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +37,22 @@ overrides (dotted key=value, parsed as YAML values), for example:
                              accelerator=auto|cpu|gpu, class_weights, aux_loss_weight, logger=csv|tensorboard|none
 The run directory gets config.yaml, checkpoint/, metrics.json, classification_report.txt,
 confusion_matrix.png and curves.png. Model selection uses the dev split; test is read once.
+"""
+
+EPILOG_TUNE = """\
+space file (YAML; keys are the dotted names of the key=value overrides), for example:
+  training.lr: {low: 1.0e-4, high: 2.0e-3, log: true}   float, log-uniform
+  model.dropout: {low: 0.1, high: 0.5}                    float, uniform
+  model.graph_layers: {low: 1, high: 3, int: true}        integer (log: true allowed)
+  training.batch_size: {choices: [8, 16, 32]}             one of these values
+resume: rerun the same command; a different space or config for the same study is refused.
+shared storage: several machines run the same command with --storage URL (a database all of them
+  reach, e.g. postgresql://user@host/db) and the same --study NAME; a dead worker's trial is failed
+  and retried once it has been silent for 5 minutes. With the default storage, one command per DIR.
+example:
+  redifu tune --config configs/meld-text.yaml --space grids/text-space.yaml --trials 30 \\
+    --output runs/tune-meld-text data.path=data/meld-text
+  redifu train --config runs/tune-meld-text/best.yaml --seeds 0 1 2 3 4
 """
 
 
@@ -309,6 +326,53 @@ def cmd_text_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune_command(args: argparse.Namespace) -> str:
+    """The command line that reruns (resumes) this search, as best.json records it."""
+    import shlex
+
+    words = ["redifu", "tune"]
+    if args.config is not None:
+        words += ["--config", args.config]
+    words += ["--space", args.space, "--trials", str(args.trials), "--output", args.output]
+    if args.storage is not None:
+        from redifu.tune import redact
+
+        words += ["--storage", redact(args.storage)]
+    if args.study is not None:
+        words += ["--study", args.study]
+    words += ["--seed", str(args.seed), *args.overrides]
+    return shlex.join(words)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from redifu.tune import OBJECTIVE, TrialSummary, import_optuna, run_search
+
+    try:
+        optuna = import_optuna()
+    except ImportError as error:
+        raise UsageError(str(error)) from None
+    # Optuna logs every trial (and a traceback for each failed one); the lines below say enough.
+    optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.ERROR)
+
+    def report(trial: TrialSummary) -> None:
+        values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+        took = f" in {trial.seconds:.0f} s" if trial.seconds is not None else ""
+        if trial.state == "COMPLETE":
+            outcome = f"{OBJECTIVE} {trial.value:.2f}"
+        else:
+            outcome = f"failed ({trial.error or 'interrupted'})"
+        print(f"trial {trial.number}: {outcome}{took} [{values}] ({trial.complete}/{trial.target} complete)",
+              flush=True)
+
+    best = run_search(space_path=args.space, trials=args.trials, output=args.output, config_path=args.config,
+                      overrides=args.overrides, storage=args.storage, study_name=args.study, seed=args.seed,
+                      command=_tune_command(args), on_trial=report)
+    values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+    print(f"best: trial {best['best_trial']}, {OBJECTIVE} {best['value']:.2f} of {best['n_trials']} complete trials "
+          f"[{values}] -> {Path(args.output) / 'best.yaml'} (redifu train --config {Path(args.output) / 'best.yaml'})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from redifu.config import shipped_configs
 
@@ -513,6 +577,31 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--no-progress", action="store_true", help="no progress bar")
     finetune.add_argument("overrides", nargs="*", metavar="key=value", help="fine-tuning options, e.g. past=4 lr=3e-5")
     finetune.set_defaults(handler=cmd_text_finetune)
+
+    tune = commands.add_parser(
+        "tune", help="search hyper-parameters with Optuna (dev only; the test split is never read)",
+        description=textwrap.fill("Search hyper-parameters with Optuna's TPE sampler: every trial trains the config with the "
+        "values the sampler picks from the space file, dev-selected like `redifu train`, into "
+        "DIR/trials/trial-NNNN/; the objective is the selected checkpoint's dev weighted F1. The test split is "
+        "neither read nor evaluated. The study lives in --storage (default sqlite:///DIR/study.db): rerunning the "
+        "same command resumes it until --trials trials are complete in total; trials a killed search left running "
+        "are failed and retried with the same values. The end writes DIR/best.json and DIR/best.yaml (the config "
+        "with the best values, for `redifu train --config DIR/best.yaml`). Needs the tune extra "
+        '(pip install "redifu[tune]").', 100),
+        epilog=EPILOG_TUNE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tune.add_argument("--config", metavar="NAME|FILE", help="the base config, as for train (default: the defaults)")
+    tune.add_argument("--space", metavar="SPACE.yaml", required=True, help="the search space (see below)")
+    tune.add_argument("--trials", type=int, required=True, metavar="N",
+                      help="search until N trials are complete in total (earlier runs and other workers count)")
+    tune.add_argument("--output", metavar="DIR", required=True, help="search directory (trials/, best.json, best.yaml)")
+    tune.add_argument("--storage", metavar="URL", help="Optuna database URL (default: sqlite:///DIR/study.db)")
+    tune.add_argument("--study", metavar="NAME", help="study name in the storage (default: DIR's name)")
+    tune.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default: 0)")
+    tune.add_argument("overrides", nargs="*", metavar="key=value",
+                      help="base config overrides, applied before each trial's values")
+    tune.set_defaults(handler=cmd_tune)
 
     from redifu.experiments import command as experiment_command
 

@@ -352,6 +352,18 @@ def _read_config_text(config: str | Path) -> tuple[str, str]:
     raise ConfigError(f"{config}: no such config file or shipped config; shipped configs: {names}")
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The raw mapping of a YAML config file or a shipped config's name (not yet validated)."""
+    where, text = _read_config_text(path)
+    try:
+        loaded = _yaml_load(text) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{where}: invalid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(loaded, Mapping):
+        raise ConfigError(f"{where}: expected a mapping with data/model/training sections")
+    return dict(loaded)
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Defaults, then the YAML config (if any), then ``key=value`` overrides.
 
@@ -362,14 +374,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     """
     raw: dict[str, Any] = {"data": {}, "model": {}, "training": {}}
     if path is not None:
-        where, text = _read_config_text(path)
-        try:
-            loaded = _yaml_load(text) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{where}: invalid YAML ({str(error).splitlines()[0]})") from None
-        if not isinstance(loaded, Mapping):
-            raise ConfigError(f"{where}: expected a mapping with data/model/training sections")
-        _merge(raw, loaded)
+        _merge(raw, read_config_file(path))
     return build_config(apply_overrides(raw, overrides))
 
 
@@ -377,13 +382,19 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     """Set each dotted ``key=value`` of ``overrides`` in the nested mapping ``raw`` (in place)."""
     for text in overrides:
         parts, value = parse_override(text)
-        target = raw
-        for part in parts[:-1]:
-            node = target.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{'.'.join(parts)}: {part} is not a section")
-            target = node
-        target[parts[-1]] = value
+        set_dotted(raw, parts, value)
+    return raw
+
+
+def set_dotted(raw: dict[str, Any], parts: Sequence[str], value: Any) -> dict[str, Any]:
+    """Set the dotted key ``parts`` (``['training', 'lr']``) to ``value`` in ``raw`` (in place)."""
+    target = raw
+    for part in parts[:-1]:
+        node = target.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{'.'.join(parts)}: {part} is not a section")
+        target = node
+    target[parts[-1]] = value
     return raw
 
 

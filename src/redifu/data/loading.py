@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -17,8 +17,12 @@ if TYPE_CHECKING:  # only for annotations: data/ does not depend on the config (
     from redifu.config import DataConfig
 
 
-def load_corpus(config: DataConfig) -> DialogueCorpus:
-    """Load (or generate) the dataset that ``config`` names, keep the requested modalities, validate."""
+def load_corpus(config: DataConfig, *, splits: Sequence[str] = SPLITS) -> DialogueCorpus:
+    """Load (or generate) the dataset that ``config`` names, keep the requested modalities, validate.
+
+    Only ``splits`` are kept (each must be non-empty). A dataset directory's other split files
+    are never opened; a generated corpus or a feature pickle is read whole and the rest dropped.
+    """
     if config.path is None:
         from redifu.data.synthetic import make_synthetic_corpus
 
@@ -29,8 +33,10 @@ def load_corpus(config: DataConfig) -> DialogueCorpus:
             raise DataError(f"data.synthetic: {message}") from None
         source = f"synthetic:{config.preset}"
     else:
-        corpus, source = _load_path(Path(config.path), config), config.path
-    missing = [s for s in SPLITS if not corpus.splits.get(s)]
+        corpus, source = _load_path(Path(config.path), config, splits), config.path
+    if set(corpus.splits) != set(splits):
+        corpus = replace(corpus, splits={s: d for s, d in corpus.splits.items() if s in splits})
+    missing = [s for s in splits if not corpus.splits.get(s)]
     if missing:
         raise DataError(f"{source}: split {missing[0]!r} is empty or missing")
     if config.modalities is not None:
@@ -39,12 +45,12 @@ def load_corpus(config: DataConfig) -> DialogueCorpus:
     return corpus
 
 
-def _load_path(path: Path, config: DataConfig) -> DialogueCorpus:
+def _load_path(path: Path, config: DataConfig, splits: Sequence[str]) -> DialogueCorpus:
     if not path.exists():
         raise DataError(f"data.path: {path}: no such file or directory")
     if path.is_dir():
         if is_stored_corpus(path):
-            return load_stored_corpus(path)
+            return load_stored_corpus(path, splits=splits)
         raise DataError(
             f"data.path: {path}: not a redifu dataset directory (manifest.json is missing); "
             "use `redifu data prepare` or `redifu data convert` first"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
@@ -85,16 +85,22 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_stored_corpus(directory: str | Path) -> DialogueCorpus:
-    """Read a dataset written by :func:`save_corpus`, validating every dialogue."""
+def load_stored_corpus(directory: str | Path, *, splits: Sequence[str] | None = None) -> DialogueCorpus:
+    """Read a dataset written by :func:`save_corpus`, validating every dialogue.
+
+    ``splits`` (default: all) names the splits to read; the files of the others are not opened,
+    so a hyper-parameter search can train on train/dev without ever reading test.
+    """
     directory = Path(directory)
     manifest = read_manifest(directory)
     try:
         metadata = DatasetMetadata.from_dict(manifest["metadata"])
     except KeyError as error:
         raise DataError(f"{directory / MANIFEST}: field 'metadata.{error.args[0]}': missing") from None
-    splits: dict[str, list[Dialogue]] = {}
+    loaded: dict[str, list[Dialogue]] = {}
     for split, ids in manifest["splits"].items():
+        if splits is not None and split not in splits:
+            continue
         path = directory / f"{split}.safetensors"
         try:
             arrays = load_file(str(path))
@@ -122,8 +128,8 @@ def load_stored_corpus(directory: str | Path) -> DialogueCorpus:
                 speaker_names=_strings(transcript.get("speakers")),
                 texts=_strings(transcript.get("texts")),
             ))
-        splits[split] = dialogues
-    corpus = DialogueCorpus(metadata=metadata, splits=splits, provenance=dict(manifest.get("provenance", {})))
+        loaded[split] = dialogues
+    corpus = DialogueCorpus(metadata=metadata, splits=loaded, provenance=dict(manifest.get("provenance", {})))
     corpus.validate(str(directory))
     return corpus
 

@@ -1,4 +1,4 @@
-"""Plots of a run: the test confusion matrix and the per-epoch learning curves."""
+"""Plots of a run: the test (or dev) confusion matrix and the per-epoch learning curves."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ def _save(fig, path: Path) -> None:
         fig.savefig(stream, format="png", dpi=120, bbox_inches="tight")
 
 
-def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path) -> None:
-    """Row-normalised confusion matrix (gold rows, predicted columns), with counts."""
+def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path, *, split: str = "test") -> None:
+    """Row-normalised confusion matrix (gold rows, predicted columns) of ``split``, with counts."""
     plt = _figure()
     totals = matrix.sum(axis=1, keepdims=True)
     normalised = np.divide(matrix, np.maximum(totals, 1))
@@ -41,7 +41,7 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path
         for j in range(len(classes)):
             colour = "white" if normalised[i, j] > 0.5 else "black"
             ax.text(j, i, f"{int(matrix[i, j])}", ha="center", va="center", color=colour, fontsize=8)
-    ax.set_title("test confusion matrix (row-normalised colour, counts)")
+    ax.set_title(f"{split} confusion matrix (row-normalised colour, counts)")
     _save(fig, path)
     plt.close(fig)
 

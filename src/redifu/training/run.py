@@ -9,7 +9,8 @@ Layout of a run directory::
     DIR/logs/                    CSV (or TensorBoard) logs
     DIR/lightning/last.ckpt      resume state (Lightning's format; read with weights_only=True)
 
-The test split is evaluated exactly once, after training, at the checkpoint selected on dev.
+The test split is evaluated exactly once, after training, at the checkpoint selected on dev;
+with ``evaluate_test=False`` (the trials of ``redifu tune``) it is neither read nor evaluated.
 
 The resume state is written atomically after every epoch (:mod:`redifu.training.resume`); a run
 killed at any moment resumes (``resume=True``) to the results of an uninterrupted one.
@@ -38,7 +39,7 @@ from redifu.config import ExperimentConfig, dump_config
 from redifu.data.batching import feature_statistics
 from redifu.data.dialogue import DialogueCorpus
 from redifu.data.loading import fingerprint, load_corpus
-from redifu.errors import ConfigError
+from redifu.errors import SPLITS, ConfigError
 from redifu.files import recover_directory, write_json_atomic, write_text_atomic
 from redifu.training.evaluation import evaluate_split
 from redifu.training.loss import inverse_frequency_weights
@@ -138,10 +139,14 @@ def train(
     corpus: DialogueCorpus | None = None,
     resume: bool = False,
     callbacks: list[Callback] | None = None,
+    evaluate_test: bool = True,
 ) -> dict[str, Any] | None:
     """Train with ``config``, write the run directory ``output``, return its metrics.
 
-    ``callbacks`` are extra Lightning callbacks. ``resume`` continues from ``output``'s resume
+    ``callbacks`` are extra Lightning callbacks. ``evaluate_test=False`` leaves the test split
+    out entirely: it is not loaded (a given ``corpus`` has it dropped), not fingerprinted and not
+    evaluated; metrics.json then has ``"test": null`` and the report and confusion matrix are
+    dev's. Model selection never depends on it. ``resume`` continues from ``output``'s resume
     state; a run killed before its first epoch ended has none and starts again from the
     beginning. Returns ``None`` on non-zero DDP ranks (only rank 0 evaluates and writes results).
     """
@@ -149,7 +154,11 @@ def train(
     training = config.training
     if training.threads is not None:
         torch.set_num_threads(training.threads)
-    corpus = corpus if corpus is not None else load_corpus(config.data)
+    kept = SPLITS if evaluate_test else ("train", "dev")
+    if corpus is None:
+        corpus = load_corpus(config.data, splits=kept)
+    elif not evaluate_test:
+        corpus = replace(corpus, splits={s: d for s, d in corpus.splits.items() if s in kept})
     metadata = corpus.metadata
     model_config = config.model_config(
         modality_dims=metadata.modality_dims, num_classes=metadata.num_classes, num_speakers=metadata.num_speakers
@@ -239,6 +248,7 @@ def train(
         output=output, corpus=corpus, selector=selector, train_seconds=resume_state.train_seconds,
         epochs_run=trainer.current_epoch, device=accelerator, config=config,
         num_parameters=system.model.num_parameters(), resumed_at_epochs=resume_state.resumed_at_epochs,
+        evaluate_test=evaluate_test,
     )
 
 
@@ -253,8 +263,11 @@ def finish_run(
     config: ExperimentConfig,
     num_parameters: int,
     resumed_at_epochs: list[int] | None = None,
+    evaluate_test: bool = True,
 ) -> dict[str, Any]:
     """Evaluate the selected checkpoint on dev and, once, on test; write metrics, report, plots.
+
+    ``evaluate_test=False``: dev only (``"test": None``; the confusion matrix is dev's).
 
     ``train_seconds`` counts the epochs kept in the run (an epoch redone after a kill counts
     once); ``resumed_at_epochs`` lists the epochs at which the run was resumed.
@@ -264,7 +277,8 @@ def finish_run(
     classes = checkpoint.classes
     batch_size = config.training.eval_batch_size
     dev = evaluate_split(checkpoint.model, corpus.splits["dev"], classes, batch_size=batch_size, device=torch_device)
-    test = evaluate_split(checkpoint.model, corpus.splits["test"], classes, batch_size=batch_size, device=torch_device)
+    test = (evaluate_split(checkpoint.model, corpus.splits["test"], classes, batch_size=batch_size, device=torch_device)
+            if evaluate_test else None)
     metrics = {
         "selected_epoch": selector.best_epoch,
         "epochs_run": epochs_run,
@@ -288,11 +302,12 @@ def finish_run(
             "cpus": os.cpu_count(),
         },
     }
-    write_text_atomic(
-        output / "classification_report.txt",
-        "dev\n" + format_report(dev, classes) + "\ntest\n" + format_report(test, classes),
-    )
-    plot_confusion_matrix(np.asarray(test["confusion_matrix"]), classes, output / "confusion_matrix.png")
+    report = "dev\n" + format_report(dev, classes)
+    if test is not None:
+        report += "\ntest\n" + format_report(test, classes)
+    write_text_atomic(output / "classification_report.txt", report)
+    shown, split = (test, "test") if test is not None else (dev, "dev")
+    plot_confusion_matrix(np.asarray(shown["confusion_matrix"]), classes, output / "confusion_matrix.png", split=split)
     plot_curves(selector.history, selector.best_epoch, output / "curves.png")
     write_json_atomic(output / "metrics.json", metrics)
     return metrics
