@@ -97,7 +97,8 @@ class Grid:
             overrides=(*self.overrides, *QUICK_TRAINING), ablation=kept(self.ablation),
             speaker_graph=kept(self.speaker_graph), robustness=robustness,
             corruption_seed=self.corruption_seed, source=self.source + " (quick)",
-            real_text=dict(self.real_text, rows=[r for r in self.real_text.get("rows", []) if r["dataset"] in datasets]),
+            real_text=dict(self.real_text, rows=[r for r in self.real_text["rows"] if r["dataset"] in datasets])
+            if self.real_text else {},
         )
 
     def cell_overrides(self, cell: Cell, *, quick: bool = False) -> list[str]:
