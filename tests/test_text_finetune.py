@@ -243,20 +243,68 @@ def test_dataset_without_transcripts_is_refused(tiny_corpus, tiny_base, tmp_path
         finetune_text_encoder(tmp_path / "synthetic", tmp_path / "enc", base=str(tiny_base), progress=False)
 
 
-def test_lora_trains_adapters_and_writes_merged_weights(meld_transcripts, tiny_base, tmp_path):
+def test_lora_factors_merge_to_what_peft_merges(tiny_base):
+    peft = pytest.importorskip("peft")
+    import torch
+
+    from redifu.features.finetuned_text import lora_factors, merge_lora
+
+    torch.manual_seed(1)
+    model = peft.get_peft_model(transformers.AutoModel.from_pretrained(str(tiny_base)), peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=["query", "key", "value", "dense"]))
+    with torch.no_grad():  # peft starts B at zero: give it values so the merge changes something
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_()
+    factors = lora_factors(model)
+    expected = model.merge_and_unload().state_dict()
+    plain = transformers.AutoModel.from_pretrained(str(tiny_base))
+    assert merge_lora(plain, factors, "adapter") == len(factors) // 2 == 2 * 6 + 1  # 2 layers x 6, the pooler
+    changed = 0
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=1e-5)
+        changed += "query" in key and key.endswith("weight")
+    assert changed == 2
+    with pytest.raises(DataError, match="no such weight"):
+        merge_lora(plain, {"nowhere.lora_A": factors[next(iter(factors))], "nowhere.lora_B": torch.zeros(3, 4)}, "f")
+
+
+def test_lora_writes_only_factors_over_the_checked_base(meld_transcripts, tiny_base, tmp_path):
     pytest.importorskip("peft")
+    import shutil
+
     from safetensors.numpy import load_file
 
+    from redifu.features.finetuned_text import FineTunedTextEncoder
     from redifu.text_finetune import finetune_text_encoder
 
-    manifest = finetune_text_encoder(meld_transcripts, tmp_path / "lora", base=str(tiny_base),
+    base = tmp_path / "base"
+    shutil.copytree(tiny_base, base)
+    manifest = finetune_text_encoder(meld_transcripts, tmp_path / "lora", base=str(base),
                                      settings=_settings(epochs=1, lora_rank=4, lr=1e-3), progress=False)
-    weights = load_file(str(tmp_path / "lora" / "model.safetensors"))
-    assert not any("lora" in key for key in weights)
-    base = load_file(str(tiny_base / "model.safetensors"))
-    key = next(k for k in weights if k.endswith("attention.self.query.weight"))
-    assert not np.allclose(weights[key], base[next(k for k in base if k.endswith(key.split("encoder.", 1)[-1]))])
-    assert manifest["settings"]["lora_rank"] == 4
+    assert not (tmp_path / "lora" / "model.safetensors").exists()
+    factors = load_file(str(tmp_path / "lora" / "adapter.safetensors"))
+    assert manifest["adapter"]["factors"] == len(factors) // 2 > 0 and manifest["settings"]["lora_rank"] == 4
+    encoder = FineTunedTextEncoder(tmp_path / "lora", cache_dir=tmp_path / "cache", progress=False)
+    assert encoder.version.endswith(f"over {manifest['adapter']['base_version']}")
+    weights = {k: v.numpy() for k, v in encoder.model.state_dict().items()}
+    original = load_file(str(base / "model.safetensors"))
+    key = next(k for k in weights if k.endswith("layer.0.attention.self.query.weight"))
+    original_key = next(k for k in original if k.endswith(key))
+    name = key[: -len(".weight")]
+    np.testing.assert_allclose(weights[key], original[original_key] + factors[f"{name}.lora_B"] @ factors[f"{name}.lora_A"],
+                               atol=1e-6)
+    assert not np.allclose(weights[key], original[original_key])
+    assert encoder.encode_dialogues([[("Ross", "Hi."), ("Rachel", "Oh my god!")]]).shape == (2, 32)
+
+    from safetensors.torch import load_file as load_torch, save_file
+
+    changed = load_torch(str(base / "model.safetensors"))  # another base under the same path
+    first = next(iter(changed))
+    changed[first] = changed[first] + 1
+    save_file(changed, str(base / "model.safetensors"))
+    with pytest.raises(DataError, match="adapter.base_version"):
+        _ = FineTunedTextEncoder(tmp_path / "lora", cache_dir=tmp_path / "cache2", progress=False).model
 
 
 # ---------------------------------------------------------------------------------------------
