@@ -381,3 +381,64 @@ def test_cli_finetune_errors_are_one_line(meld_transcripts, tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "redifu: error: finetune.pasts: unknown option"
     code = main(["text", "finetune", "--data", str(tmp_path / "missing"), "--output", str(tmp_path / "e")])
     assert code == 2 and "not a redifu dataset" in capsys.readouterr().err
+
+
+def test_a_shipped_model_bundles_its_lora_encoder_and_card(meld_transcripts, tiny_base, tmp_path):
+    """build_shipped_model: the run's checkpoint + its LoRA encoder + a card read off metrics.json;
+    the result predicts with the bundled encoder after the original is gone, and a changed
+    bundled encoder is refused."""
+    pytest.importorskip("peft")
+    import shutil
+
+    from redifu.config import load_config
+    from redifu.data.store import load_stored_corpus
+    from redifu.errors import CheckpointError
+    from redifu.features.finetuned_text import load_text_encoder
+    from redifu.predict import Predictor
+    from redifu.prepare import prepare_transcripts
+    from redifu.pretrained.build import build_shipped_model
+    from redifu.text_finetune import finetune_text_encoder
+    from redifu.training.run import train
+
+    encoder_dir = tmp_path / "lora"
+    finetune_text_encoder(meld_transcripts, encoder_dir, base=str(tiny_base),
+                          settings=_settings(epochs=1, lora_rank=2, lr=1e-3), progress=False)
+    source = tmp_path / "csv"
+    source.mkdir()
+    for name, keep in (("train_sent_emo.csv", 3), ("dev_sent_emo.csv", 2), ("test_sent_emo.csv", 2)):
+        with open(SHARED / "meld" / name, newline="", encoding="utf-8") as stream:
+            rows = list(csv.reader(stream))
+        column = rows[0].index("Dialogue_ID")
+        with open(source / name, "w", newline="", encoding="utf-8") as stream:
+            csv.writer(stream, lineterminator="\r\n").writerows(
+                [rows[0], *(row for row in rows[1:] if int(row[column]) < keep)])
+    encoder = load_text_encoder(str(encoder_dir), cache_dir=tmp_path / "cache", progress=False)
+    prepare_transcripts("meld", tmp_path / "data", source=source, text_encoder=encoder, progress=False)
+    config = load_config(None, [f"data.path={tmp_path / 'data'}", "model.hidden_size=16", "model.num_heads=2",
+                                "model.fusion_layers=1", "model.graph_layers=1", "training.max_epochs=1",
+                                "training.progress_bar=false", "training.logger=none"])
+    train(config, tmp_path / "run")
+    card = build_shipped_model(tmp_path / "run", encoder_dir, tmp_path / "shipped", name="tiny",
+                               commands=["redifu text finetune ..."])
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert card["metrics"]["test"]["weighted_f1"] == round(metrics["test"]["weighted_f1"], 2)
+    assert card["text_encoder"]["lora_rank"] == 2 and card["labels"] == metrics["dataset"]["classes"]
+    text = (tmp_path / "shipped" / "MODEL_CARD.md").read_text()
+    assert f"| test | {metrics['test']['num_utterances']} | {metrics['test']['weighted_f1']:.2f} |" in text
+    assert "GPL-3.0" in text and "redifu text finetune ..." in text
+
+    dialogue = load_stored_corpus(tmp_path / "data").splits["test"][0]
+    rows = [{"speaker": s, "text": t, "utterance": i} for i, (s, t) in enumerate(dialogue.transcript)]
+    before = Predictor.from_pretrained(tmp_path / "run" / "checkpoint").predict(rows)
+    shutil.move(str(encoder_dir), str(tmp_path / "gone"))  # the recorded encoder path no longer exists
+    shipped = Predictor.from_pretrained(tmp_path / "shipped")
+    assert shipped.card["name"] == "tiny"
+    after = shipped.predict(rows)
+    assert [p.label for p in after] == [p.label for p in before]
+    np.testing.assert_allclose([list(p.probabilities.values()) for p in after],
+                               [list(p.probabilities.values()) for p in before], atol=1e-5)
+
+    with open(tmp_path / "shipped" / "text-encoder" / "head.safetensors", "ab") as stream:
+        stream.write(b" ")  # any change to the bundled encoder changes its version
+    with pytest.raises(CheckpointError, match="bundled text encoder is version"):
+        Predictor.from_pretrained(tmp_path / "shipped").predict(rows)
