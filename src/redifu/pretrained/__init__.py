@@ -28,10 +28,12 @@ _HERE = Path(__file__).resolve().parent
 
 def resolve_model(name: str | Path | None) -> Path:
     """The checkpoint directory for ``name``: ``None`` (the default shipped model), a shipped
-    model's name, or a path (returned as given)."""
-    if name is None:
-        name = DEFAULT_MODEL
-    if isinstance(name, str) and name in SHIPPED and not Path(name).exists():
+    model's name (unless a checkpoint directory of that name is in the working directory), or a
+    path (returned as given)."""
+    shipped = name is None or (isinstance(name, str) and name in SHIPPED
+                               and not (Path(name) / "model.safetensors").is_file())  # a checkpoint there wins
+    if shipped:
+        name = name or DEFAULT_MODEL
         directory = _HERE / name
         if not (directory / "model.safetensors").is_file():
             raise CheckpointError(f"shipped model {name!r}: not in this installation ({directory} is missing)")
