@@ -69,6 +69,7 @@ class Predictor:
         self.allow_unverified = bool(allow_unverified)
         self._text_encoder = text_encoder
         self._checked_encoder = False
+        self.checkpoint_dir: Path | None = None  # set by from_pretrained
 
     @classmethod
     def from_pretrained(
@@ -85,8 +86,10 @@ class Predictor:
         config = checkpoint.model.config
         check_recorded_extractors(str(checkpoint_dir), config.modalities, config.modality_dims,
                                   checkpoint.run.modalities, checkpoint.run.extractors)
-        return cls(checkpoint.model, checkpoint.classes, extractors=checkpoint.run.extractors, device=device,
-                   text_encoder=text_encoder, batch_size=batch_size, allow_unverified=allow_unverified)
+        predictor = cls(checkpoint.model, checkpoint.classes, extractors=checkpoint.run.extractors, device=device,
+                        text_encoder=text_encoder, batch_size=batch_size, allow_unverified=allow_unverified)
+        predictor.checkpoint_dir = Path(checkpoint_dir)
+        return predictor
 
     @property
     def modalities(self) -> tuple[str, ...]:
