@@ -99,6 +99,7 @@ function render(predictions, utterances) {
     const item = element("li", { id: `utterance-${index}`, className: "utterance", "data-label": prediction.label });
     item.style.setProperty("--emotion", colour);
     item.append(element("div", { className: "utterance-head" },
+      element("span", { className: "number", text: `#${index + 1}` }),
       element("span", { className: "speaker", text: `${utterance.speaker}:` }),
       element("span", { className: "text", text: utterance.text }),
       element("span", { className: "emotion", text: prediction.label,
