@@ -272,7 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batching", nargs="+", default=["1:0", "8:5"], metavar="MAX_BATCH:WAIT_MS",
                         help="server settings to compare (default: 1:0 = no batching, 8:5)")
     parser.add_argument("--transcripts", action="store_true", help="send new sentences (the server encodes them)")
-    parser.add_argument("--threads", type=int, default=2, help="the server's torch threads (default 2)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="the server's torch threads (default 1: on 2 cores the clients and the server's own "
+                        "HTTP work need the other; more threads there made requests up to 10x slower)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds before a request counts as an error")
     parser.add_argument("--json", help="also write the result as JSON to this file")
     args = parser.parse_args(argv)

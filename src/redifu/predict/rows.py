@@ -150,8 +150,12 @@ def as_vector(value: Any) -> np.ndarray:
         if array.dtype.kind not in "fiu":
             raise ValueError(f"must hold numbers, got dtype {array.dtype}")
     else:
-        if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, numbers.Real)
-                                                       for v in value):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"must be a list of numbers, got {_short(value)}")
+        # set(map(type)) checks plain floats and ints at C speed (JSON gives only those); bool is
+        # its own type, so True is not taken for 1. Other element types take the general check.
+        if not set(map(type, value)) <= {float, int} and any(
+                isinstance(v, bool) or not isinstance(v, numbers.Real) for v in value):
             raise ValueError(f"must be a list of numbers, got {_short(value)}")
         array = np.asarray(value, dtype=np.float64)
     if array.ndim == 2 and array.shape[0] == 1:
