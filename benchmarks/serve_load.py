@@ -149,7 +149,8 @@ def start_server(checkpoint: Path, *, max_batch: int, wait_ms: float, threads: i
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "XDG_CACHE_HOME": str(cache), "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "redifu", "serve", "--checkpoint", str(checkpoint), "--port", str(port),
-         "--max-batch", str(max_batch), "--batch-wait-ms", str(wait_ms), "--log-level", "warning"],
+         "--max-batch", str(max_batch), "--batch-wait-ms", str(wait_ms), "--threads", str(threads),
+         "--log-level", "warning"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300

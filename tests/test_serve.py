@@ -385,6 +385,7 @@ def test_settings_are_validated(options, message):
     (["--max-batch", "0"], "--max-batch must be >= 1, got 0"),
     (["--port", "70000"], "--port must be between 0 and 65535"),
     (["--max-body", "0"], "--max-body must be > 0"),
+    (["--threads", "0"], "--threads must be >= 1, got 0"),
 ])
 def test_bad_options_are_one_line_errors(arguments, message, capsys, checkpoint):
     assert main(["serve", "--checkpoint", str(checkpoint), *arguments]) == 2

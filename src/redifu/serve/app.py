@@ -139,6 +139,7 @@ def _load_and_warm(load: Callable[[], Predictor]) -> Predictor:
         try:  # loads the encoder and checks that its vectors fit the model
             others = {m: v for m, v in vectors.items() if m != "text"}
             predictor.predict([InputUtterance("warm-up", 0, "A", "Hello.", others)])
+            getattr(predictor.text_encoder, "model", None)  # its weights, even when the cache answered
             return predictor
         except (ImportError, CheckpointError, OSError) as failure:
             logger.warning("transcripts cannot be encoded (%s); requests must give 'text' vectors",

@@ -6,7 +6,6 @@ once at startup; requests that arrive together are predicted in one batch (--max
 from __future__ import annotations
 
 import argparse
-import functools
 
 from redifu.serve.settings import MIB, ServeSettings
 
@@ -38,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long a request waits for others to share its forward pass "
                         f"(default: {defaults.batch_wait_ms:g})")
     parser.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch threads for inference (default: torch's, one per core; on a small machine "
+                        "shared with other work, 1 is often faster)")
     parser.add_argument("--allow-unverified-extractor", action="store_true",
                         help="as for `redifu predict`")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -49,17 +51,26 @@ def run(args: argparse.Namespace) -> int:
     from redifu.predict import Predictor
     from redifu.serve.server import serve
 
-    for flag, value, low, high in (("--port", args.port, 0, 65535), ("--max-utterances", args.max_utterances, 1, None),
-                                   ("--max-batch", args.max_batch, 1, None), ("--batch-wait-ms", args.batch_wait_ms, 0, 1000)):
+    bounds_of = (("--port", args.port, 0, 65535), ("--max-utterances", args.max_utterances, 1, None),
+                 ("--max-batch", args.max_batch, 1, None), ("--batch-wait-ms", args.batch_wait_ms, 0, 1000))
+    for flag, value, low, high in bounds_of:
         if value < low or (high is not None and value > high):
             bounds = f"between {low} and {high}" if high is not None else f">= {low}"
             raise UsageError(f"{flag} must be {bounds}, got {value:g}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
     if not args.max_body > 0:
         raise UsageError(f"--max-body must be > 0 (MiB), got {args.max_body:g}")
     settings = ServeSettings(max_body_bytes=max(1, int(args.max_body * MIB)), max_utterances=args.max_utterances,
                              max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
-    load = functools.partial(Predictor.from_pretrained, args.checkpoint, device=args.device,
-                             batch_size=settings.max_batch, allow_unverified=args.allow_unverified_extractor)
+    def load() -> Predictor:  # runs in the inference thread
+        if args.threads is not None:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        return Predictor.from_pretrained(args.checkpoint, device=args.device, batch_size=settings.max_batch,
+                                         allow_unverified=args.allow_unverified_extractor)
+
     try:
         serve(load, host=args.host, port=args.port, settings=settings, log_level=args.log_level)
     except ImportError as error:  # the serve extra (or the text encoder's)
