@@ -393,6 +393,17 @@ def test_bad_options_are_one_line_errors(arguments, message, capsys, checkpoint)
     assert error == f"redifu: error: {error.split('error: ', 1)[1]}" and message in error and "\n" not in error
 
 
+def test_an_address_in_use_is_refused_before_the_model_loads(capsys, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--checkpoint", str(tmp_path / "never-read"), "--port", str(port)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"redifu: error: --host 127.0.0.1 --port {port}: cannot listen there (")
+    assert "\n" not in error
+
+
 def test_missing_extra_is_named(monkeypatch, capsys, checkpoint):
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # `import uvicorn` raises ImportError
     assert main(["serve", "--checkpoint", str(checkpoint)]) == 2

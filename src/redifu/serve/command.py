@@ -6,6 +6,8 @@ once at startup; requests that arrive together are predicted in one batch (--max
 from __future__ import annotations
 
 import argparse
+import logging
+import socket
 
 from redifu.serve.settings import MIB, ServeSettings
 
@@ -63,6 +65,16 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-body must be > 0 (MiB), got {args.max_body:g}")
     settings = ServeSettings(max_body_bytes=max(1, int(args.max_body * MIB)), max_utterances=args.max_utterances,
                              max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
+    try:  # before the model loads: an address in use is known at once
+        with socket.create_server((args.host, args.port)):
+            pass
+    except OSError as error:
+        raise UsageError(f"--host {args.host} --port {args.port}: cannot listen there "
+                         f"({error.strerror or error})") from None
+    if args.log_level != "debug":  # the encoders log every request's batch
+        logging.getLogger("redifu.features.text").setLevel(logging.WARNING)
+        logging.getLogger("redifu.features.audio").setLevel(logging.WARNING)
+
     def load() -> Predictor:  # runs in the inference thread
         if args.threads is not None:
             import torch
