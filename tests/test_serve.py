@@ -146,7 +146,8 @@ FAULTS = {
     "missing speaker": ({"utterances": [{"text": "hi", "audio": [0.0] * 4}]}, 422,
                         r"^utterances\[0\]: dialogue 'dialogue': field 'speaker': missing$"),
     "missing modality": ({"utterances": [{"speaker": "A", "text": "hi"}]}, 422,
-                         r"^utterances\[0\]: dialogue 'dialogue': field 'audio_npy': missing: the model takes text, audio"),
+                         r"^utterances\[0\]: dialogue 'dialogue': field 'audio_npy': missing: the model takes "
+                         r"text, audio"),
     "wrong feature size": ({"utterances": [{"speaker": "A", "text": "hi", "audio": [0.0] * 5}]}, 422,
                            r"^utterances\[0\]: .*field 'audio': 5 values, but the model takes 4-d audio features$"),
     "NaN in a vector": ('{"utterances": [{"speaker": "A", "text": "hi", "audio": [NaN, 0, 0, 0]}]}', 422,

@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-utterances", type=int, default=defaults.max_utterances, metavar="N",
                         help=f"most utterances per request (default: {defaults.max_utterances})")
     parser.add_argument("--max-batch", type=int, default=defaults.max_batch, metavar="N",
-                        help=f"most requests (dialogues) per forward pass; 1: no batching (default: {defaults.max_batch})")
+                        help="most requests (dialogues) per forward pass; 1: no batching "
+                        f"(default: {defaults.max_batch})")
     parser.add_argument("--batch-wait-ms", type=float, default=defaults.batch_wait_ms, metavar="MS",
                         help="how long a request waits for others to share its forward pass "
                         f"(default: {defaults.batch_wait_ms:g})")

@@ -14,6 +14,10 @@ const LINE_FORMAT = /^([^:]+?)\s*:\s*(\S.*)$/;
 
 let labels = [];
 
+function shorten(text, limit) {
+  return text.length > limit ? text.slice(0, limit - 3) + "..." : text;
+}
+
 function colourOf(label) {
   if (EMOTION_COLOURS[label.toLowerCase()]) return EMOTION_COLOURS[label.toLowerCase()];
   const index = Math.max(0, labels.indexOf(label));
@@ -40,7 +44,7 @@ function parseConversation(text) {
     if (!line) return;
     const match = LINE_FORMAT.exec(line);
     if (!match) {
-      problems.push(`Line ${index + 1}: "${line.length > 40 ? line.slice(0, 37) + "..." : line}" is not ` +
+      problems.push(`Line ${index + 1}: "${shorten(line, 40)}" is not ` +
                     `"Speaker: text" (a name, a colon, then what they said).`);
       return;
     }
@@ -75,7 +79,7 @@ function explanation(prediction, utterances, open) {
   const attention = prediction.attention || {};
   for (const neighbour of attention.neighbours || []) {
     const source = utterances[neighbour.utterance];
-    const who = source ? `${source.speaker}: "${source.text.length > 50 ? source.text.slice(0, 47) + "..." : source.text}"` : "";
+    const who = source ? `${source.speaker}: "${shorten(source.text, 50)}"` : "";
     list.append(element("li", { className: "neighbour" },
       `#${neighbour.utterance + 1} ${who} `,
       element("span", { className: "relation", text: neighbour.relation }),
@@ -160,7 +164,8 @@ async function describeModel() {
     labels = model.labels;
     document.getElementById("speaker-slots").textContent = String(model.speaker_slots);
     const card = model.card && (model.card.name || model.card.title);
-    info.textContent = `Model${card ? ` ${card}` : ""}: ${model.labels.length} emotions (${model.labels.join(", ")}); ` +
+    info.textContent = `Model${card ? ` ${card}` : ""}: ${model.labels.length} emotions ` +
+      `(${model.labels.join(", ")}); ` +
       `modalities ${model.modalities.join(", ")}; at most ${model.limits.max_utterances} utterances per conversation.`;
   } catch (error) {
     info.textContent = `The model description is not available: ${error.message}`;
