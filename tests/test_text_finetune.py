@@ -243,20 +243,68 @@ def test_dataset_without_transcripts_is_refused(tiny_corpus, tiny_base, tmp_path
         finetune_text_encoder(tmp_path / "synthetic", tmp_path / "enc", base=str(tiny_base), progress=False)
 
 
-def test_lora_trains_adapters_and_writes_merged_weights(meld_transcripts, tiny_base, tmp_path):
+def test_lora_factors_merge_to_what_peft_merges(tiny_base):
+    peft = pytest.importorskip("peft")
+    import torch
+
+    from redifu.features.finetuned_text import lora_factors, merge_lora
+
+    torch.manual_seed(1)
+    model = peft.get_peft_model(transformers.AutoModel.from_pretrained(str(tiny_base)), peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=["query", "key", "value", "dense"]))
+    with torch.no_grad():  # peft starts B at zero: give it values so the merge changes something
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_()
+    factors = lora_factors(model)
+    expected = model.merge_and_unload().state_dict()
+    plain = transformers.AutoModel.from_pretrained(str(tiny_base))
+    assert merge_lora(plain, factors, "adapter") == len(factors) // 2 == 2 * 6 + 1  # 2 layers x 6, the pooler
+    changed = 0
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=1e-5)
+        changed += "query" in key and key.endswith("weight")
+    assert changed == 2
+    with pytest.raises(DataError, match="no such weight"):
+        merge_lora(plain, {"nowhere.lora_A": factors[next(iter(factors))], "nowhere.lora_B": torch.zeros(3, 4)}, "f")
+
+
+def test_lora_writes_only_factors_over_the_checked_base(meld_transcripts, tiny_base, tmp_path):
     pytest.importorskip("peft")
+    import shutil
+
     from safetensors.numpy import load_file
 
+    from redifu.features.finetuned_text import FineTunedTextEncoder
     from redifu.text_finetune import finetune_text_encoder
 
-    manifest = finetune_text_encoder(meld_transcripts, tmp_path / "lora", base=str(tiny_base),
+    base = tmp_path / "base"
+    shutil.copytree(tiny_base, base)
+    manifest = finetune_text_encoder(meld_transcripts, tmp_path / "lora", base=str(base),
                                      settings=_settings(epochs=1, lora_rank=4, lr=1e-3), progress=False)
-    weights = load_file(str(tmp_path / "lora" / "model.safetensors"))
-    assert not any("lora" in key for key in weights)
-    base = load_file(str(tiny_base / "model.safetensors"))
-    key = next(k for k in weights if k.endswith("attention.self.query.weight"))
-    assert not np.allclose(weights[key], base[next(k for k in base if k.endswith(key.split("encoder.", 1)[-1]))])
-    assert manifest["settings"]["lora_rank"] == 4
+    assert not (tmp_path / "lora" / "model.safetensors").exists()
+    factors = load_file(str(tmp_path / "lora" / "adapter.safetensors"))
+    assert manifest["adapter"]["factors"] == len(factors) // 2 > 0 and manifest["settings"]["lora_rank"] == 4
+    encoder = FineTunedTextEncoder(tmp_path / "lora", cache_dir=tmp_path / "cache", progress=False)
+    assert encoder.version.endswith(f"over {manifest['adapter']['base_version']}")
+    weights = {k: v.numpy() for k, v in encoder.model.state_dict().items()}
+    original = load_file(str(base / "model.safetensors"))
+    key = next(k for k in weights if k.endswith("layer.0.attention.self.query.weight"))
+    original_key = next(k for k in original if k.endswith(key))
+    name = key[: -len(".weight")]
+    np.testing.assert_allclose(weights[key], original[original_key] + factors[f"{name}.lora_B"] @ factors[f"{name}.lora_A"],
+                               atol=1e-6)
+    assert not np.allclose(weights[key], original[original_key])
+    assert encoder.encode_dialogues([[("Ross", "Hi."), ("Rachel", "Oh my god!")]]).shape == (2, 32)
+
+    from safetensors.torch import load_file as load_torch, save_file
+
+    changed = load_torch(str(base / "model.safetensors"))  # another base under the same path
+    first = next(iter(changed))
+    changed[first] = changed[first] + 1
+    save_file(changed, str(base / "model.safetensors"))
+    with pytest.raises(DataError, match="adapter.base_version"):
+        _ = FineTunedTextEncoder(tmp_path / "lora", cache_dir=tmp_path / "cache2", progress=False).model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,3 +381,64 @@ def test_cli_finetune_errors_are_one_line(meld_transcripts, tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "redifu: error: finetune.pasts: unknown option"
     code = main(["text", "finetune", "--data", str(tmp_path / "missing"), "--output", str(tmp_path / "e")])
     assert code == 2 and "not a redifu dataset" in capsys.readouterr().err
+
+
+def test_a_shipped_model_bundles_its_lora_encoder_and_card(meld_transcripts, tiny_base, tmp_path):
+    """build_shipped_model: the run's checkpoint + its LoRA encoder + a card read off metrics.json;
+    the result predicts with the bundled encoder after the original is gone, and a changed
+    bundled encoder is refused."""
+    pytest.importorskip("peft")
+    import shutil
+
+    from redifu.config import load_config
+    from redifu.data.store import load_stored_corpus
+    from redifu.errors import CheckpointError
+    from redifu.features.finetuned_text import load_text_encoder
+    from redifu.predict import Predictor
+    from redifu.prepare import prepare_transcripts
+    from redifu.pretrained.build import build_shipped_model
+    from redifu.text_finetune import finetune_text_encoder
+    from redifu.training.run import train
+
+    encoder_dir = tmp_path / "lora"
+    finetune_text_encoder(meld_transcripts, encoder_dir, base=str(tiny_base),
+                          settings=_settings(epochs=1, lora_rank=2, lr=1e-3), progress=False)
+    source = tmp_path / "csv"
+    source.mkdir()
+    for name, keep in (("train_sent_emo.csv", 3), ("dev_sent_emo.csv", 2), ("test_sent_emo.csv", 2)):
+        with open(SHARED / "meld" / name, newline="", encoding="utf-8") as stream:
+            rows = list(csv.reader(stream))
+        column = rows[0].index("Dialogue_ID")
+        with open(source / name, "w", newline="", encoding="utf-8") as stream:
+            csv.writer(stream, lineterminator="\r\n").writerows(
+                [rows[0], *(row for row in rows[1:] if int(row[column]) < keep)])
+    encoder = load_text_encoder(str(encoder_dir), cache_dir=tmp_path / "cache", progress=False)
+    prepare_transcripts("meld", tmp_path / "data", source=source, text_encoder=encoder, progress=False)
+    config = load_config(None, [f"data.path={tmp_path / 'data'}", "model.hidden_size=16", "model.num_heads=2",
+                                "model.fusion_layers=1", "model.graph_layers=1", "training.max_epochs=1",
+                                "training.progress_bar=false", "training.logger=none"])
+    train(config, tmp_path / "run")
+    card = build_shipped_model(tmp_path / "run", encoder_dir, tmp_path / "shipped", name="tiny",
+                               commands=["redifu text finetune ..."])
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert card["metrics"]["test"]["weighted_f1"] == round(metrics["test"]["weighted_f1"], 2)
+    assert card["text_encoder"]["lora_rank"] == 2 and card["labels"] == metrics["dataset"]["classes"]
+    text = (tmp_path / "shipped" / "MODEL_CARD.md").read_text()
+    assert f"| test | {metrics['test']['num_utterances']} | {metrics['test']['weighted_f1']:.2f} |" in text
+    assert "GPL-3.0" in text and "redifu text finetune ..." in text
+
+    dialogue = load_stored_corpus(tmp_path / "data").splits["test"][0]
+    rows = [{"speaker": s, "text": t, "utterance": i} for i, (s, t) in enumerate(dialogue.transcript)]
+    before = Predictor.from_pretrained(tmp_path / "run" / "checkpoint").predict(rows)
+    shutil.move(str(encoder_dir), str(tmp_path / "gone"))  # the recorded encoder path no longer exists
+    shipped = Predictor.from_pretrained(tmp_path / "shipped")
+    assert shipped.card["name"] == "tiny"
+    after = shipped.predict(rows)
+    assert [p.label for p in after] == [p.label for p in before]
+    np.testing.assert_allclose([list(p.probabilities.values()) for p in after],
+                               [list(p.probabilities.values()) for p in before], atol=1e-5)
+
+    with open(tmp_path / "shipped" / "text-encoder" / "head.safetensors", "ab") as stream:
+        stream.write(b" ")  # any change to the bundled encoder changes its version
+    with pytest.raises(CheckpointError, match="bundled text encoder is version"):
+        Predictor.from_pretrained(tmp_path / "shipped").predict(rows)

@@ -421,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict",
         help="predict the emotion of every utterance of new conversations",
-        description="Predict emotions with a checkpoint. INPUT is JSON Lines (.jsonl) or CSV (.csv), one "
+        description="Predict emotions with a checkpoint (default: the model shipped with redifu, trained on MELD "
+        "text). INPUT is JSON Lines (.jsonl) or CSV (.csv), one "
         "utterance per row: dialogue_id, utterance (integer order), speaker, text, and optionally precomputed "
         "features per modality: <modality> = list of floats (JSON Lines) or <modality>_npy = path of a .npy "
         "vector (relative to INPUT's folder), with an optional <modality>_extractor naming the extractor that made "
@@ -436,7 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
         "written to a temporary file and renamed at the end: a failed run leaves no output file.",
     )
     predict.add_argument("input", metavar="INPUT", help="conversations, .jsonl or .csv")
-    predict.add_argument("--checkpoint", metavar="DIR", required=True, help="checkpoint directory (RUN/checkpoint)")
+    predict.add_argument("--checkpoint", metavar="DIR|NAME",
+                         help="checkpoint directory (RUN/checkpoint) or a shipped model's name (default: the shipped "
+                         "meld-text model, see its MODEL_CARD.md)")
     predict.add_argument("--output", metavar="OUT",
                          help="predictions, .jsonl or .csv (default: print one line per utterance)")
     predict.add_argument("--on-error", choices=["fail", "skip"], default="fail",

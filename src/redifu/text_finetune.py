@@ -30,8 +30,8 @@ import numpy as np
 
 from redifu.errors import IGNORE_LABEL, ConfigError, DataError
 from redifu.features.context import ContextInput, ContextSpec, build_dialogue_inputs
-from redifu.features.finetuned_text import (ENCODER_FILE, FORMAT, POOLING, encode_inputs, pad_inputs, pool_target,
-                                            uses_segment_ids)
+from redifu.features.finetuned_text import (ADAPTER_FILE, ENCODER_FILE, FORMAT, POOLING, encode_inputs, lora_factors,
+                                            pad_inputs, pool_target, uses_segment_ids)
 from redifu.features.text import DEFAULT_TEXT_ENCODER, TextEncoder
 from redifu.files import atomic_directory, atomic_file, write_json_atomic
 
@@ -64,7 +64,9 @@ class FinetuneSettings:
         grad_clip: Gradient-norm clipping (``0``: none).
         class_weights: Weight the cross-entropy by inverse training-class frequency.
         lora_rank: ``0``: fine-tune every weight; ``r > 0``: train rank-``r`` LoRA adapters
-            (``peft``) on the attention and feed-forward projections and merge them at the end.
+            (``peft``) on the attention and feed-forward projections; the encoder directory then
+            holds only their factors (``adapter.safetensors``, about 1/30 of the base's size),
+            merged into the base model when it is loaded.
         lora_alpha: LoRA scale numerator (``None``: ``2 * lora_rank``).
         seed: Seed of initialisation, batch order and dropout.
         checkpoint_steps: Steps between resume states (and at every epoch end).
@@ -406,11 +408,11 @@ def finetune_text_encoder(
         state["step_in_epoch"] = 0
         save_state()
 
-    # the selected epoch, merged (LoRA) and written whole
+    # the selected epoch: written whole, or (LoRA) as its low-rank factors over the base
     modules.load_state_dict(load_file(str(work / BEST_FILE), device=str(device)))
-    if settings.lora_rank:
-        backbone = backbone.merge_and_unload()
+    adapter = lora_factors(backbone) if settings.lora_rank else None
     epoch_seconds = state["seconds"] / settings.epochs
+    hidden_size = (backbone.get_base_model() if adapter else backbone).config.hidden_size
     manifest = {
         "format": FORMAT,
         "version": 1,
@@ -418,7 +420,7 @@ def finetune_text_encoder(
         "base_version": base_version,
         "context": spec.to_dict(),
         "pooling": POOLING,
-        "dimension": int(backbone.config.hidden_size),
+        "dimension": int(hidden_size),
         "classes": list(classes),
         "data": {"path": str(data.resolve()), "fingerprint": fingerprint, "dataset": corpus.metadata.name,
                  "train_utterances": len(train_split.labels), "dev_utterances": len(dev_split.labels)},
@@ -434,8 +436,15 @@ def finetune_text_encoder(
     from redifu import __version__
 
     manifest["redifu_version"] = __version__
+    if adapter is not None:
+        manifest["adapter"] = {"file": ADAPTER_FILE, "rank": settings.lora_rank, "base_version": base_version,
+                               "factors": len(adapter) // 2}
     with atomic_directory(output) as staging:
-        backbone.save_pretrained(str(staging), safe_serialization=True)
+        if adapter is not None:  # the base's config and the factors; the base itself stays where it is
+            backbone.get_base_model().config.save_pretrained(str(staging))
+            save_file(adapter, str(staging / ADAPTER_FILE))
+        else:
+            backbone.save_pretrained(str(staging), safe_serialization=True)
         tokenizer.save_pretrained(str(staging))
         save_file({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()},
                   str(staging / "head.safetensors"))

@@ -7,6 +7,10 @@ An encoder directory holds::
                                            dimension, classes, data fingerprint, settings,
                                            selected epoch and its dev scores, history, cost
     ENCODER_DIR/config.json, model.safetensors   the fine-tuned transformer (Hugging Face layout)
+    ENCODER_DIR/adapter.safetensors              or, instead of model.safetensors, LoRA factors
+                                                 merged into the base model on loading (the
+                                                 base's version is checked: a different base
+                                                 is refused)
     ENCODER_DIR/tokenizer.json, ...              its tokenizer
     ENCODER_DIR/head.safetensors                 the emotion classifier it was fine-tuned with
 
@@ -31,10 +35,12 @@ from redifu.features.text import _SHARD_TEXTS, DEFAULT_TEXT_ENCODER, TextEncoder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ENCODER_FILE", "FORMAT", "FineTunedTextEncoder", "is_encoder_dir", "load_text_encoder",
-           "pool_target", "read_encoder_manifest"]
+__all__ = ["ADAPTER_FILE", "ENCODER_FILE", "FORMAT", "FineTunedTextEncoder", "is_encoder_dir", "load_text_encoder",
+           "lora_factors", "merge_lora", "pool_target", "read_encoder_manifest"]
 
 ENCODER_FILE = "redifu-text-encoder.json"
+ADAPTER_FILE = "adapter.safetensors"
+_PEFT_PREFIX = "base_model.model."
 FORMAT = "redifu-text-encoder"
 POOLING = "target-mean"
 
@@ -69,6 +75,42 @@ def load_text_encoder(name: str | None = None, **options: Any) -> TextEncoder:
         options.pop("normalize", None)
         return FineTunedTextEncoder(name, **options)
     return TextEncoder(name, **options)
+
+
+def lora_factors(peft_model: Any) -> dict[str, Any]:
+    """The LoRA factors of a ``peft`` model, keyed by the base weight they change:
+    ``NAME.lora_A`` ``(r, in)`` and ``NAME.lora_B`` ``(out, r)``, the scaling folded into B, so
+    that the merged weight is ``W + B @ A``."""
+    factors = {}
+    for name, module in peft_model.named_modules():
+        if not hasattr(module, "lora_A") or "default" not in getattr(module, "lora_A", {}):
+            continue
+        key = name[len(_PEFT_PREFIX):] if name.startswith(_PEFT_PREFIX) else name
+        factors[f"{key}.lora_A"] = module.lora_A["default"].weight.detach().cpu().contiguous()
+        factors[f"{key}.lora_B"] = (module.lora_B["default"].weight.detach() * module.scaling["default"]).cpu().contiguous()
+    return factors
+
+
+def merge_lora(model: Any, factors: dict[str, Any], where: str) -> int:
+    """Add ``B @ A`` to each weight named in ``factors`` (from :func:`lora_factors`); every
+    factor must name a weight of ``model`` with matching shapes. Returns the weights changed."""
+    import torch
+
+    parameters = dict(model.named_parameters())
+    names = sorted({key.rsplit(".", 1)[0] for key in factors})
+    for name in names:
+        a, b = factors.get(f"{name}.lora_A"), factors.get(f"{name}.lora_B")
+        weight = parameters.get(f"{name}.weight")
+        if a is None or b is None:
+            raise DataError(f"{where}: factor {name!r}: lora_A and lora_B must both be there")
+        if weight is None:
+            raise DataError(f"{where}: factor {name!r}: the base model has no such weight (another base?)")
+        if a.ndim != 2 or b.ndim != 2 or b.shape[1] != a.shape[0] or (b.shape[0], a.shape[1]) != tuple(weight.shape):
+            raise DataError(f"{where}: factor {name!r}: shapes {tuple(b.shape)} @ {tuple(a.shape)} do not fit the "
+                            f"weight {tuple(weight.shape)}")
+        with torch.no_grad():
+            weight += (b.to(weight) @ a.to(weight))
+    return len(names)
 
 
 def pool_target(hidden: Any, target_mask: Any) -> Any:
@@ -148,14 +190,54 @@ class FineTunedTextEncoder(TextEncoder):
             self._tokenizer = AutoTokenizer.from_pretrained(str(self.directory), local_files_only=True)
         return self._tokenizer
 
+    @property
+    def adapter(self) -> dict[str, Any] | None:
+        """The manifest's LoRA adapter entry (``None``: the directory holds the whole model)."""
+        return self.manifest.get("adapter")
+
+    def _compute_version(self) -> str:
+        version = super()._compute_version()
+        if self.adapter:
+            version += f" over {self.adapter.get('base_version')}"
+        return version
+
     def _load_model(self) -> Any:
         import torch
         from transformers import AutoModel
 
         logger.info("loading fine-tuned text encoder %s", self.directory)
-        model = AutoModel.from_pretrained(str(self.directory), local_files_only=True)
+        if self.adapter:
+            model = self._load_with_adapter()
+        else:
+            model = AutoModel.from_pretrained(str(self.directory), local_files_only=True)
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         return model.to(device).eval()
+
+    def _load_with_adapter(self) -> Any:
+        """The base model (which must be the version the factors were trained on), factors merged."""
+        from safetensors.torch import load_file
+        from transformers import AutoModel
+
+        where = str(self.directory / ENCODER_FILE)
+        base = TextEncoder(self.manifest["base"])
+        expected = self.adapter.get("base_version")
+        if base.version != expected:
+            raise DataError(f"{where}: field 'adapter.base_version': the factors were trained over {expected!r}, but "
+                            f"the base model {self.manifest['base']!r} here is {base.version!r}")
+        local = base._local_path()
+        model = AutoModel.from_pretrained(str(local) if local is not None else self.manifest["base"],
+                                          local_files_only=True)
+        path = self.directory / str(self.adapter.get("file", ADAPTER_FILE))
+        try:
+            factors = load_file(str(path))
+        except FileNotFoundError:
+            raise DataError(f"{path}: missing (the encoder's LoRA factors)") from None
+        except Exception as error:  # safetensors raises its own error types
+            raise DataError(f"{path}: not a readable safetensors file ({error})") from None
+        merged = merge_lora(model, factors, str(path))
+        if merged != self.adapter.get("factors", merged) or merged == 0:
+            raise DataError(f"{path}: {merged} factor pairs, the manifest says {self.adapter.get('factors')}")
+        return model
 
     @property
     def info(self) -> TextEncoderInfo:

@@ -69,26 +69,41 @@ class Predictor:
         self.allow_unverified = bool(allow_unverified)
         self._text_encoder = text_encoder
         self._checked_encoder = False
-        self.checkpoint_dir: Path | None = None  # set by from_pretrained
+        self._bundled_encoder: Path | None = None
+        self.source: Path | None = None  # the checkpoint directory (set by from_pretrained)
+        self.card: dict | None = None  # its model card summary, where it has one
 
     @classmethod
     def from_pretrained(
         cls,
-        checkpoint_dir: str | Path,
+        checkpoint_dir: str | Path | None = None,
         *,
         device: str | None = None,
         text_encoder: "TextEncoder | None" = None,
         batch_size: int = 16,
         allow_unverified: bool = False,
     ) -> "Predictor":
-        """Load a checkpoint directory; refuses one whose recorded extractors do not fit its model."""
-        checkpoint = load_checkpoint(checkpoint_dir)
+        """Load a checkpoint directory, or a model shipped with the package by name (``None``: the
+        default one, :data:`redifu.pretrained.DEFAULT_MODEL`); offline. Refuses a checkpoint whose
+        recorded extractors do not fit its model.
+
+        A checkpoint directory holding ``text-encoder/`` (a bundled fine-tuned encoder) encodes
+        transcripts with it; its version must be the one the model was trained on.
+        """
+        from redifu.pretrained import BUNDLED_ENCODER, read_card, resolve_model
+
+        directory = resolve_model(checkpoint_dir)
+        checkpoint = load_checkpoint(directory)
         config = checkpoint.model.config
-        check_recorded_extractors(str(checkpoint_dir), config.modalities, config.modality_dims,
+        check_recorded_extractors(str(directory), config.modalities, config.modality_dims,
                                   checkpoint.run.modalities, checkpoint.run.extractors)
         predictor = cls(checkpoint.model, checkpoint.classes, extractors=checkpoint.run.extractors, device=device,
                         text_encoder=text_encoder, batch_size=batch_size, allow_unverified=allow_unverified)
-        predictor.checkpoint_dir = Path(checkpoint_dir)
+        predictor.source = directory
+        predictor.card = read_card(directory)
+        bundled = directory / BUNDLED_ENCODER
+        if text_encoder is None and bundled.is_dir():
+            predictor._bundled_encoder = bundled
         return predictor
 
     @property
@@ -108,6 +123,14 @@ class Predictor:
             extractor = self.extractors.get("text") or {}
             settings = extractor.get("settings") or {}
             name = extractor.get("name")
+            if self._bundled_encoder is not None:
+                encoder = load_text_encoder(str(self._bundled_encoder), device=str(self.device), progress=False)
+                if extractor.get("version") and encoder.version != extractor["version"]:
+                    raise CheckpointError(
+                        f"{self._bundled_encoder}: the bundled text encoder is version {encoder.version}, but the "
+                        f"model was trained on features from {extractor['version']}")
+                self._text_encoder = encoder
+                return encoder
             if "context" in settings and not is_encoder_dir(name):
                 raise CheckpointError(
                     f"text: the model was trained on features of the fine-tuned encoder {name!r}, which is not "

@@ -7,7 +7,7 @@ Routes:
   prediction is what ``redifu predict --output X.jsonl`` writes for the utterance;
 - ``GET /health``: 200 once the model is loaded, 503 before;
 - ``GET /model``: labels, modalities, feature sizes, recorded extractors, the checkpoint's
-  ``card.json`` (``null`` without one) and the request limits;
+  ``card.json`` (``null`` without one; :func:`redifu.pretrained.read_card`) and the request limits;
 - ``GET /``: the page; ``GET /docs``: the OpenAPI documentation (FastAPI's).
 
 Every error answer is ``{"detail": "one line"}``; a fault of the server is a 500 whose detail
@@ -17,13 +17,11 @@ names no internals, with the traceback in the server's log.
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations (`request: Request`)
 # at definition time, and Request is imported inside create_app (the serve extra is optional).
 import asyncio
-import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -101,21 +99,6 @@ def _one_line(text: object) -> str:
     return lines[0] if lines else type(text).__name__
 
 
-def read_card(directory: str | Path | None) -> dict | None:
-    """The parsed ``card.json`` of a checkpoint directory, ``None`` without one (or unreadable)."""
-    if directory is None:
-        return None
-    path = Path(directory) / "card.json"
-    if not path.is_file():
-        return None
-    try:
-        card = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        logger.warning("%s: cannot read the model card (%s); /model reports none", path, _one_line(error))
-        return None
-    return card if isinstance(card, dict) else None
-
-
 def model_info(predictor: Predictor, settings: ServeSettings) -> dict[str, Any]:
     """What ``GET /model`` answers."""
     return {
@@ -124,7 +107,7 @@ def model_info(predictor: Predictor, settings: ServeSettings) -> dict[str, Any]:
         "feature_sizes": predictor.feature_dims,
         "speaker_slots": predictor.model.config.num_speakers,
         "extractors": predictor.extractors,
-        "card": read_card(getattr(predictor, "checkpoint_dir", None)),
+        "card": predictor.card,  # the checkpoint's card.json (Predictor.from_pretrained reads it)
         "limits": settings.limits(),
         "batching": {"max_batch": settings.max_batch, "batch_wait_ms": settings.batch_wait_ms},
         "redifu": __version__,
