@@ -79,3 +79,24 @@ def test_memory_probes_read_this_process():
     bench_common.reset_peak_rss()
     assert bench_common.peak_rss_mb() >= bench_common.rss_mb() * 0.5
     assert bench_common.table(["a", "b"], [[1, 2.5]]).splitlines()[2] == "| 1 | 2.50 |"
+
+
+@pytest.mark.integration
+def test_serve_load_runs_both_settings_without_errors(tmp_path):
+    pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'redifu[serve]'")
+    pytest.importorskip("httpx", reason="needs httpx: pip install 'redifu[test]'")
+    import argparse
+
+    import serve_load
+
+    checkpoint = serve_load.build_checkpoint(tmp_path / "ckpt")
+    args = argparse.Namespace(checkpoint=str(checkpoint), url=None, server_pid=None, clients=3, seconds=1.0,
+                              warmup=0.2, sizes=[2, 6], batching=["1:0", "4:5"], transcripts=False, threads=1,
+                              timeout=60.0, json=None)
+    result = serve_load.run(args)
+    assert [(r["batching"], r["utterances"]) for r in result["rows"]] == [
+        ("off (max-batch 1)", 2), ("off (max-batch 1)", 6), ("max-batch 4, wait 5 ms", 2), ("max-batch 4, wait 5 ms", 6)]
+    assert all(r["errors"] == 0 and r["requests"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in result["rows"])
+    assert all(s["rss_start_mb"] > 50 and s["rss_end_mb"] > 50 for s in result["servers"])
+    text = serve_load.render(result)
+    assert "| batching | utterances / request |" in text and "ERRORS" not in text and "cores" in text

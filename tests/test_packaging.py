@@ -166,6 +166,14 @@ def test_the_wheel_ships_the_configs(wheel):
 
 
 @pytest.mark.integration
+def test_the_wheel_ships_the_serve_page(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    page = {f"redifu/serve/static/{p.name}" for p in (PACKAGE / "serve" / "static").iterdir()}
+    assert {"redifu/serve/static/index.html", "redifu/serve/static/app.js", "redifu/serve/static/style.css"} <= page
+    assert page <= names
+
+
+@pytest.mark.integration
 def test_the_installed_wheel_trains_from_a_shipped_config_outside_the_repository(wheel, tmp_path):
     target = tmp_path / "site"
     result = _pip("install", "--no-deps", "-q", "--target", str(target), str(wheel), cwd=tmp_path)

@@ -14,7 +14,7 @@ import pytest
 from redifu.cli import main
 from redifu.errors import DataError
 from redifu.extract import extract_features
-from redifu.predict.rows import AudioClip, RowWriter, read_conversations, utterance_row
+from redifu.predict.rows import AudioClip, RowWriter, read_conversations, read_rows, utterance_row
 
 
 @dataclass
@@ -160,3 +160,38 @@ def test_features_extract_refuses_bad_input_and_writes_nothing(tmp_path, audio_r
     with pytest.raises(DataError, match=r"bad\.jsonl:1: dialogue 'd/1': field 'audio_path': missing"):
         extract_features(write_jsonl(bad, rows), out, audio_extractor=FakeAudioExtractor())
     assert not out.exists() and not (tmp_path / "out_features").exists()
+
+
+# -- rows in memory (the body of a `redifu serve` request) -------------------------------------
+
+def test_rows_in_memory_read_like_a_file(tmp_path):
+    rows = [{"dialogue_id": "d1", "utterance": 1, "speaker": "B", "text": "bye", "audio": [1.0, 2.0]},
+            {"dialogue_id": "d1", "utterance": 0, "speaker": "A", "text": "hi", "audio": [3.0, 4.0]}]
+    from_file = list(read_conversations(write_jsonl(tmp_path / "in.jsonl", rows)))
+    in_memory = list(read_rows(rows))
+    assert [[(u.dialogue_id, u.index, u.speaker, u.text) for u in d] for d in in_memory] == \
+        [[(u.dialogue_id, u.index, u.speaker, u.text) for u in d] for d in from_file] == \
+        [[("d1", 0, "A", "hi"), ("d1", 1, "B", "bye")]]
+    np.testing.assert_array_equal(in_memory[0][0].features["audio"], [3.0, 4.0])
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"utterance": 0, "speaker": "A", "text": "hi"}, r"^utterances\[1\]: dialogue unknown: field 'dialogue_id': missing$"),
+    ({"dialogue_id": "d1", "utterance": 1, "text": "hi"}, r"^utterances\[1\]: dialogue 'd1': field 'speaker': missing$"),
+    ({"dialogue_id": "d1", "utterance": 1, "speaker": "A", "audio": [1.0, "x"]},
+     r"^utterances\[1\]: dialogue 'd1': field 'audio': must be a list of numbers"),
+    ({"dialogue_id": "d1", "utterance": 1, "speaker": "A", "text": "hi", "audio_npy": "/etc/passwd"},
+     r"^utterances\[1\]: dialogue 'd1': field 'audio_npy': file paths are not read here"),
+    ({"dialogue_id": "d1", "utterance": 1, "speaker": "A", "text": "hi", "audio_path": "/etc/passwd"},
+     r"^utterances\[1\]: dialogue 'd1': field 'audio_path': file paths are not read here"),
+    (["not", "an", "object"], r"^utterances\[1\]: dialogue unknown: row: expected an object, got list$"),
+])
+def test_rows_in_memory_name_the_row_and_open_no_files(row, message):
+    good = {"dialogue_id": "d1", "utterance": 0, "speaker": "A", "text": "hi"}
+    with pytest.raises(DataError, match=message):
+        list(read_rows([good, row], source="utterances"))
+
+
+def test_no_rows_in_memory_is_refused():
+    with pytest.raises(DataError, match=r"^utterances: no rows; nothing to read$"):
+        list(read_rows([], source="utterances"))

@@ -455,6 +455,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
     predict.set_defaults(handler=cmd_predict)
 
+    from redifu.serve import command as serve_command
+
+    serve = commands.add_parser("serve", help="serve a checkpoint over HTTP: a JSON API and a web page",
+                                description=serve_command.__doc__, epilog=serve_command.EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve_command.add_arguments(serve)
+    serve.set_defaults(handler=serve_command.run)
+
     from redifu.data import registry
 
     preparable = registry.names(preparable=True)

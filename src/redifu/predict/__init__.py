@@ -15,7 +15,8 @@ from redifu.predict.compatibility import extractor_problem
 from redifu.predict.explanation import EXPLAIN_TOP_K, explain
 from redifu.predict.predictions import OUTPUT_FORMATS, PredictionWriter, UtterancePrediction
 from redifu.predict.predictor import Predictor
-from redifu.predict.rows import INPUT_FORMATS, ON_ERROR, ConversationReader, InputUtterance, read_conversations
+from redifu.predict.rows import (INPUT_FORMATS, ON_ERROR, ConversationReader, InputUtterance, read_conversations,
+                                 read_rows)
 
 __all__ = [
     "EXPLAIN_TOP_K",
@@ -30,4 +31,5 @@ __all__ = [
     "explain",
     "extractor_problem",
     "read_conversations",
+    "read_rows",
 ]

@@ -16,7 +16,8 @@ from redifu.model import ReDiFu
 from redifu.predict.compatibility import check_recorded_extractors, extractor_problem, size_problem
 from redifu.predict.explanation import explain as explain_batch
 from redifu.predict.predictions import UtterancePrediction
-from redifu.predict.rows import ConversationReader, InputUtterance, as_vector, read_conversations, too_many_speakers
+from redifu.predict.rows import (ConversationReader, InputUtterance, as_vector, read_conversations, read_rows,
+                                 too_many_speakers)
 
 if TYPE_CHECKING:
     from redifu.features.text import TextEncoder
@@ -146,6 +147,12 @@ class Predictor:
         return read_conversations(path, on_error=on_error, feature_dims=self.feature_dims,
                                   extractors=self.extractors, allow_unverified=self.allow_unverified,
                                   num_speakers=self.model.config.num_speakers)
+
+    def read_rows(self, rows: Iterable, *, source: str = "rows", on_error: str = "fail") -> ConversationReader:
+        """:func:`~redifu.predict.rows.read_rows` (rows in memory) with the checks of :meth:`read`."""
+        return read_rows(rows, source=source, on_error=on_error, feature_dims=self.feature_dims,
+                         extractors=self.extractors, allow_unverified=self.allow_unverified,
+                         num_speakers=self.model.config.num_speakers)
 
     def predict(self, dialogue: Sequence[InputUtterance] | Mapping, *, explain: bool = False) -> list[UtterancePrediction]:
         """Predict every utterance of one dialogue.

@@ -23,6 +23,10 @@ Relative paths are resolved against the file's own folder. Other columns are kep
 :class:`~redifu.errors.DataError` naming the file, the line, the dialogue and the field; with
 ``on_error="skip"`` the whole dialogue holding a bad row is skipped instead, with a warning, and
 counted in the reader's statistics.
+
+Rows already in memory (decoded JSON objects, e.g. the body of a ``redifu serve`` request) are
+checked the same way by :func:`read_rows`; messages then name a row by its position
+(``utterances[2]: ...``), and file paths (``<modality>_npy``, ``audio_path``) are refused.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterator, Mapping, Sequence
+from typing import IO, Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -58,6 +62,7 @@ __all__ = [
     "extractor_column",
     "npy_column",
     "read_conversations",
+    "read_rows",
     "utterance_row",
 ]
 
@@ -145,8 +150,12 @@ def as_vector(value: Any) -> np.ndarray:
         if array.dtype.kind not in "fiu":
             raise ValueError(f"must hold numbers, got dtype {array.dtype}")
     else:
-        if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, numbers.Real)
-                                                       for v in value):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"must be a list of numbers, got {_short(value)}")
+        # set(map(type)) checks plain floats and ints at C speed (JSON gives only those); bool is
+        # its own type, so True is not taken for 1. Other element types take the general check.
+        if not set(map(type, value)) <= {float, int} and any(
+                isinstance(v, bool) or not isinstance(v, numbers.Real) for v in value):
             raise ValueError(f"must be a list of numbers, got {_short(value)}")
         array = np.asarray(value, dtype=np.float64)
     if array.ndim == 2 and array.shape[0] == 1:
@@ -193,7 +202,8 @@ def _segment_time(value: Any) -> float | str | None:
 
 
 class ConversationReader(Iterator[list[InputUtterance]]):
-    """Streams a JSON Lines or CSV file dialogue by dialogue (see :func:`read_conversations`).
+    """Streams a JSON Lines or CSV file dialogue by dialogue (see :func:`read_conversations`), or
+    rows already in memory (``rows=``, see :func:`read_rows`).
 
     Attributes (filled while reading):
         dialogues, rows: Dialogues and rows yielded.
@@ -202,8 +212,10 @@ class ConversationReader(Iterator[list[InputUtterance]]):
 
     def __init__(
         self,
-        path: str | Path,
+        path: str | Path | None = None,
         *,
+        rows: Iterable[Any] | None = None,
+        source: str = "rows",
         on_error: str = "fail",
         feature_dims: Mapping[str, int] | None = None,
         extractors: Mapping[str, Mapping] | None = None,
@@ -214,13 +226,20 @@ class ConversationReader(Iterator[list[InputUtterance]]):
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         if num_speakers is not None and num_speakers < 1:
             raise ValueError(f"num_speakers must be >= 1, got {num_speakers}")
-        self.path = Path(path)
-        self.format = INPUT_FORMATS.get(self.path.suffix.lower())
-        if self.format is None:
-            raise DataError(f"{self.path}: unknown input format {self.path.suffix!r}; "
-                            f"use one of {', '.join(INPUT_FORMATS)}")
-        if not self.path.is_file():
-            raise FileNotFoundError(2, "file not found", str(self.path))
+        if (path is None) == (rows is None):
+            raise ValueError("give either a path or rows")
+        self.path = Path(path) if path is not None else None
+        self._memory_rows = rows
+        self.source = str(self.path) if self.path is not None else source
+        if self.path is None:
+            self.format = "rows"
+        else:
+            self.format = INPUT_FORMATS.get(self.path.suffix.lower())
+            if self.format is None:
+                raise DataError(f"{self.path}: unknown input format {self.path.suffix!r}; "
+                                f"use one of {', '.join(INPUT_FORMATS)}")
+            if not self.path.is_file():
+                raise FileNotFoundError(2, "file not found", str(self.path))
         self.on_error = on_error
         self.feature_dims = dict(feature_dims) if feature_dims is not None else None
         self.extractors = dict(extractors or {})
@@ -239,8 +258,26 @@ class ConversationReader(Iterator[list[InputUtterance]]):
 
     # rows -----------------------------------------------------------------------------------
 
+    def _at(self, line: int) -> str:
+        """Where a row is, for messages: ``FILE:LINE``, or ``SOURCE[INDEX]`` for rows in memory."""
+        return f"{self.path}:{line}" if self.path is not None else f"{self.source}[{line}]"
+
+    def _folder(self, fail, name: str) -> Path:
+        """The folder relative paths are resolved against; rows in memory name no files."""
+        if self.path is None:
+            raise fail(name, "file paths are not read here; give the vector inline as a list of numbers")
+        return self.path.parent
+
     def _raw_rows(self) -> Iterator[tuple[int, dict | _RowError]]:
         """``(line, row)`` pairs; ``row`` is a ``_RowError`` when the line cannot be parsed."""
+        if self.format == "rows":
+            for index, row in enumerate(self._memory_rows):
+                if not isinstance(row, Mapping):
+                    yield index, _RowError(f"{self._at(index)}: dialogue unknown: row: expected an object, got "
+                                           f"{type(row).__name__}", None)
+                    continue
+                yield index, dict(row)
+            return
         if self.format == "jsonl":
             with self.path.open("rb") as stream:
                 for line, raw in enumerate(stream, start=1):
@@ -250,7 +287,7 @@ class ConversationReader(Iterator[list[InputUtterance]]):
                         continue
                     guess = _DIALOGUE_ID_GUESS.search(raw.decode("utf-8", "replace"))
                     guessed = (guess.group(1) if guess.group(1) is not None else guess.group(2)) if guess else None
-                    where = f"{self.path}:{line}: dialogue {_short(guessed) if guessed is not None else 'unknown'}"
+                    where = f"{self._at(line)}: dialogue {_short(guessed) if guessed is not None else 'unknown'}"
                     try:
                         row = json.loads(raw.decode("utf-8"))
                     except UnicodeDecodeError:
@@ -304,11 +341,11 @@ class ConversationReader(Iterator[list[InputUtterance]]):
         raw_id = row.get("dialogue_id")
         if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or raw_id == "":
             problem = "missing" if raw_id in (None, "") else f"must be a string, got {_short(raw_id)}"
-            raise _RowError(f"{self.path}:{line}: dialogue unknown: field 'dialogue_id': {problem}", None)
+            raise _RowError(f"{self._at(line)}: dialogue unknown: field 'dialogue_id': {problem}", None)
         dialogue_id = str(raw_id)
 
         def fail(name: str, problem: str) -> _RowError:
-            return _RowError(f"{self.path}:{line}: dialogue {dialogue_id!r}: field {name!r}: {problem}", dialogue_id)
+            return _RowError(f"{self._at(line)}: dialogue {dialogue_id!r}: field {name!r}: {problem}", dialogue_id)
 
         order = row.get("utterance")
         if order is None:
@@ -343,7 +380,7 @@ class ConversationReader(Iterator[list[InputUtterance]]):
             elif npy is not None:
                 if not isinstance(npy, str) or not npy:
                     raise fail(npy_name, f"must be a path, got {_short(npy)}")
-                path = _resolve(npy, self.path.parent)
+                path = _resolve(npy, self._folder(fail, npy_name))
                 try:
                     array = _load_npy(path)
                 except ValueError as error:
@@ -376,7 +413,7 @@ class ConversationReader(Iterator[list[InputUtterance]]):
                     times.append(_segment_time(row.get(name)))
                 except ValueError as error:
                     raise fail(name, str(error)) from None
-            audio = AudioClip(_resolve(value, self.path.parent), *times)
+            audio = AudioClip(_resolve(value, self._folder(fail, AUDIO_PATH_COLUMN)), *times)
             if "audio" not in features and self.feature_dims is not None and "audio" in self.feature_dims:
                 features["audio"] = self._extract_audio(fail, audio)
                 declared["audio"] = self._audio_extractor.info.name
@@ -469,7 +506,7 @@ class ConversationReader(Iterator[list[InputUtterance]]):
                 current, started, utterances, speakers, rows, first_line, problem = (
                     dialogue_id, True, {}, set(), 0, line, None)
                 if dialogue_id is not None and dialogue_id in seen:
-                    problem = flag(f"{self.path}:{line}: dialogue {dialogue_id!r}: field 'dialogue_id': the dialogue "
+                    problem = flag(f"{self._at(line)}: dialogue {dialogue_id!r}: field 'dialogue_id': the dialogue "
                                    f"reappears after other dialogues (first seen at line {seen[dialogue_id]}); the "
                                    f"rows of one dialogue must be contiguous")
                 elif dialogue_id is not None:
@@ -481,20 +518,22 @@ class ConversationReader(Iterator[list[InputUtterance]]):
             if problem is not None:
                 continue
             if utterance.index in utterances:
-                problem = flag(f"{self.path}:{line}: dialogue {current!r}: field 'utterance': order {utterance.index} "
+                problem = flag(f"{self._at(line)}: dialogue {current!r}: field 'utterance': order {utterance.index} "
                                f"appears twice (also at line {utterances[utterance.index][0]})")
             elif (self.num_speakers is not None and utterance.speaker not in speakers
                   and len(speakers) == self.num_speakers):
-                problem = flag(f"{self.path}:{line}: dialogue {current!r}: field 'speaker': "
+                problem = flag(f"{self._at(line)}: dialogue {current!r}: field 'speaker': "
                                f"{too_many_speakers(utterance.speaker, len(speakers) + 1, self.num_speakers)}")
             speakers.add(utterance.speaker)
             utterances[utterance.index] = (line, utterance)
         yield from finish()
         if not started:
+            if self.path is None:
+                raise DataError(f"{self.source}: no rows; nothing to read")
             raise DataError(f"{self.path}: no rows (the file is empty or holds only blank lines"
                             f"{' and a header' if self.format == 'csv' else ''}); nothing to read")
         if self.skipped_rows:
-            logger.warning("%s: skipped %d dialogue(s), %d row(s) with errors", self.path, self.skipped_dialogues,
+            logger.warning("%s: skipped %d dialogue(s), %d row(s) with errors", self.source, self.skipped_dialogues,
                            self.skipped_rows)
 
 
@@ -538,6 +577,27 @@ def read_conversations(
     """
     return ConversationReader(path, on_error=on_error, feature_dims=feature_dims, extractors=extractors,
                               allow_unverified=allow_unverified, num_speakers=num_speakers)
+
+
+def read_rows(
+    rows: Iterable[Any],
+    *,
+    source: str = "rows",
+    on_error: str = "fail",
+    feature_dims: Mapping[str, int] | None = None,
+    extractors: Mapping[str, Mapping] | None = None,
+    allow_unverified: bool = False,
+    num_speakers: int | None = None,
+) -> ConversationReader:
+    """:func:`read_conversations` for rows already in memory (decoded JSON objects, say from an
+    HTTP request), checked the same way.
+
+    Messages name a row as ``SOURCE[INDEX]`` (its 0-based position in ``rows``) instead of a file
+    and line. Rows in memory name no files: ``<modality>_npy`` and ``audio_path`` are refused
+    (give vectors inline), so a caller cannot make the reader open paths.
+    """
+    return ConversationReader(rows=rows, source=source, on_error=on_error, feature_dims=feature_dims,
+                              extractors=extractors, allow_unverified=allow_unverified, num_speakers=num_speakers)
 
 
 # -- writing ----------------------------------------------------------------------------------
