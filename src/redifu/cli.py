@@ -573,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
         "The epoch with the best dev weighted F1 is written to ENCODER_DIR; the test split is never read. Rerunning "
         "an interrupted command resumes it. Then `redifu data prepare NAME --text-encoder ENCODER_DIR` encodes a "
         "dataset with it, and models trained on that dataset encode new conversations with it in `redifu predict`.",
-        epilog="options (key=value, YAML values): past=0 (chosen on MELD dev) future=0 max_length=128 speakers=true (context); epochs=2 "
+        epilog="options (key=value, YAML values): past=0 (chosen on MELD dev) future=0 max_length=128 speakers=true (context); epochs=3 "
         "lr=5e-5 batch_size=32 warmup=0.1 weight_decay=0.01 dropout=0.1 grad_clip=1.0 class_weights=false seed=0; "
         "lora_rank=0 (r > 0: LoRA adapters through peft, merged at the end) lora_alpha=2r; checkpoint_steps=200; "
         "max_train_dialogues=N (quick studies); threads=N; device=cpu|cuda.",
