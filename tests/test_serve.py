@@ -293,7 +293,13 @@ def test_page_docs_and_static_files(client):
     assert script.status_code == 200 and "javascript" in script.headers["content-type"] and "/predict" in script.text
     assert client.get("/static/style.css").status_code == 200
     assert one_line(client.get("/static/..%2Fapp.py"), 404)
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text
+    assert "cdn" not in docs.text.lower()  # the OpenAPI page works offline: its assets are served here
+    bundle = client.get("/docs-assets/swagger-ui-bundle.js")
+    assert bundle.status_code == 200 and len(bundle.content) > 100_000 and "javascript" in bundle.headers["content-type"]
+    assert client.get("/docs-assets/swagger-ui.css").status_code == 200
+    assert one_line(client.get("/docs-assets/index.html"), 404)
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["required"] == ["utterances"] and "413" in schema["paths"]["/predict"]["post"]["responses"]

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -43,6 +44,10 @@ __all__ = ["create_app", "model_info"]
 
 STATIC_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
                 "style.css": "text/css; charset=utf-8"}
+# The OpenAPI page's script, style and icon, from the swagger-ui-bundle package (the serve extra)
+DOCS_ASSETS = "/docs-assets"
+DOCS_FILES = {"swagger-ui-bundle.js": "text/javascript; charset=utf-8", "swagger-ui.css": "text/css; charset=utf-8",
+              "favicon-32x32.png": "image/png"}
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'",
                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
@@ -195,7 +200,7 @@ def create_app(load: Callable[[], Predictor], *, settings: ServeSettings | None 
         finally:
             executor.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="redifu", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="redifu", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Emotion of every utterance of a conversation (ReDiFu). `POST /predict` takes the "
                   "rows `redifu predict` reads; errors are `{\"detail\": \"one line\"}`.")
     app.state.settings = settings
@@ -269,6 +274,23 @@ def create_app(load: Callable[[], Predictor], *, settings: ServeSettings | None 
         # predictions follow the utterance order; answer in the order of the request
         ordered = [p for _, p in sorted(zip((u.line for u in parsed.utterances), predictions), key=lambda x: x[0])]
         return {"dialogue_id": parsed.dialogue_id, "utterances": [p.to_dict() for p in ordered]}
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:  # the OpenAPI page, its script and style served from here (no CDN)
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="redifu API",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
+
+    @app.get(DOCS_ASSETS + "/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> Response:
+        if name not in DOCS_FILES:
+            return error(404, f"no docs asset {name!r}")
+        from swagger_ui_bundle import swagger_ui_path
+
+        return Response((Path(swagger_ui_path) / name).read_bytes(), media_type=DOCS_FILES[name])
 
     @app.get("/", include_in_schema=False)
     async def page() -> Response:
