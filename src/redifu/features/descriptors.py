@@ -44,7 +44,7 @@ from redifu.files import file_sha256
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DESCRIPTORS", "FACE_TEMPLATE", "GEOMETRY_SIZE", "FaceDescriptor", "HogLandmarkDescriptor",
+__all__ = ["DESCRIPTORS", "descriptor_from_spec", "FACE_TEMPLATE", "GEOMETRY_SIZE", "FaceDescriptor", "HogLandmarkDescriptor",
            "TorchScriptDescriptor", "build_descriptor", "face_geometry", "similarity_transform"]
 
 _EXTRA_HINT = "pip install 'redifu[video]'"
@@ -281,3 +281,13 @@ def build_descriptor(settings: Mapping[str, Any] | None = None, *, trust_torchsc
             raise ValueError("a torchscript descriptor needs its file ('path')")
         return TorchScriptDescriptor(path, trust=trust_torchscript, **settings)
     raise ValueError(f"face descriptor {kind!r}: redifu computes {', '.join(DESCRIPTORS)}")
+
+
+def descriptor_from_spec(spec: str | None, *, trust_torchscript: bool = False) -> FaceDescriptor:
+    """The descriptor a command line names: ``hog-landmarks`` (default) or ``torchscript:FILE``."""
+    if spec in (None, "", "hog-landmarks"):
+        return HogLandmarkDescriptor()
+    kind, _, path = spec.partition(":")
+    if kind == "torchscript" and path:
+        return TorchScriptDescriptor(path, trust=trust_torchscript)
+    raise ValueError(f"face descriptor {spec!r}: use hog-landmarks or torchscript:FILE")
