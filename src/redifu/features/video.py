@@ -11,9 +11,11 @@ Pipeline for one utterance (a whole clip, or the ``[start, end)`` segment of a l
    frame to frame into tracks, greedily, a detection joining the track whose last box overlaps
    it most (IoU >= ``track_iou``); the chosen track is the one with the largest sum of face
    areas over the frames (a large face seen in many frames). Only its faces are described.
+   (A face that moved too far between two sampled frames for any overlap still continues its
+   track when its centre moved less than one face side at a similar size.)
    Failure cases, by design of this rule: with several people in the shot, the largest and
    steadiest face wins, which is the listener when the camera frames the listener; across a
-   shot cut the face moves and a new track starts, so only the shot where the chosen face is
+   shot cut the face moves (by more than a face side) and a new track starts, so only the shot where the chosen face is
    largest-longest counts (another person framed at the same place after a cut joins the same
    track); a face the detector misses in some frames leaves those frames out (the track goes
    on past the gap).
@@ -188,23 +190,47 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
-def track_faces(detections: Sequence[Sequence[Any]], *, iou: float = 0.3) -> list[FaceTrack]:
-    """Link each frame's detections (``.box``, ``.area``) into tracks, greedily by overlap.
+def _link(previous: np.ndarray, box: np.ndarray, *, iou: float, max_shift: float, max_scale: float) -> float:
+    """How well ``box`` continues a track that ended at ``previous``: ``1 + IoU`` when they
+    overlap by at least ``iou``; else, for a face that moved (sampled frames are far apart),
+    ``1 - shift`` when its centre moved less than ``max_shift`` face sides and its side changed
+    less than ``max_scale`` times; ``0``: not the same face."""
+    overlap = _iou(previous, box)
+    if overlap >= iou:
+        return 1.0 + overlap
+    side_a, side_b = max(previous[2] - previous[0], 1e-6), max(box[2] - box[0], 1e-6)
+    if max(side_a, side_b) / min(side_a, side_b) > max_scale:
+        return 0.0
+    shift = float(np.hypot((box[0] + box[2] - previous[0] - previous[2]) / 2,
+                           (box[1] + box[3] - previous[1] - previous[3]) / 2)) / ((side_a + side_b) / 2)
+    return 1.0 - shift if shift < max_shift else 0.0
 
-    In frame order, each detection (best score first) joins the not yet extended track whose
-    last box overlaps it most, if that IoU is at least ``iou``; otherwise it starts a track.
+
+TRACK_MAX_SHIFT = 1.0
+"""A face continues a track it does not overlap enough if its centre moved less than this many face sides."""
+TRACK_MAX_SCALE = 1.5
+"""... and its side changed less than this many times."""
+
+
+def track_faces(detections: Sequence[Sequence[Any]], *, iou: float = 0.3, max_shift: float = TRACK_MAX_SHIFT,
+                max_scale: float = TRACK_MAX_SCALE) -> list[FaceTrack]:
+    """Link each frame's detections (``.box``, ``.area``) into tracks, greedily.
+
+    In frame order, each detection (best score first) joins the not yet extended track it
+    continues best (:func:`_link`: overlap of at least ``iou`` first, else a centre shift under
+    ``max_shift`` face sides at a similar size); otherwise it starts a track.
     """
     tracks: list[FaceTrack] = []
     for frame, faces in enumerate(detections):
         taken: set[int] = set()
         for index, face in enumerate(faces):
-            best, best_iou = None, iou
+            best, best_link = None, 0.0
             for number, track in enumerate(tracks):
                 if number in taken:
                     continue
-                overlap = _iou(track.last_box, face.box)
-                if overlap >= best_iou:
-                    best, best_iou = number, overlap
+                link = _link(track.last_box, face.box, iou=iou, max_shift=max_shift, max_scale=max_scale)
+                if link > best_link:
+                    best, best_link = number, link
             if best is None:
                 tracks.append(FaceTrack())
                 best = len(tracks) - 1
@@ -313,7 +339,8 @@ class VisualFeatureExtractor:
         """Options that change the features (part of every cache key)."""
         detector = {k: list(v) if isinstance(v, tuple) else v for k, v in self.detector.settings.items()}
         return {"fps": self.fps, "max_frames": self.max_frames, "max_side": self.max_side,
-                "tracking": {"rule": "largest total face area", "iou": self.track_iou},
+                "tracking": {"rule": "largest total face area", "iou": self.track_iou,
+                             "max_shift": TRACK_MAX_SHIFT, "max_scale": TRACK_MAX_SCALE},
                 "pooling": list(POOLING), "detector": detector, **self.descriptor.settings}
 
     @property
