@@ -50,7 +50,7 @@ def render_clips(folder: Path, *, count: int, frames: int, scale: int) -> tuple[
     clips, truth = [], {}
     for index in range(count):
         layout = LAYOUTS[index % len(LAYOUTS)]
-        images, boxes = scene(layout, frames=frames)
+        images, boxes = scene(layout, frames=frames, seed=index)  # distinct files: no cache hits
         if scale > 1:
             images = images.repeat(scale, axis=1).repeat(scale, axis=2)  # (T, H s, W s, 3)
             boxes = [[tuple(v * scale for v in box) for box in frame] for frame in boxes]

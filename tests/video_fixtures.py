@@ -56,7 +56,7 @@ def face_patch() -> np.ndarray:
 
 
 def _background(index: int) -> np.ndarray:
-    rng = np.random.default_rng(index)
+    rng = np.random.default_rng(index)  # the noise makes clips of one layout differ by seed
     rows = np.linspace(60, 140, HEIGHT, dtype=np.float32)[:, None, None]
     image = np.broadcast_to(rows, (HEIGHT, WIDTH, 3)).copy()
     image += rng.normal(0, 4, image.shape).astype(np.float32)
@@ -72,12 +72,13 @@ def _paste(image: np.ndarray, patch: np.ndarray, x: int, y: int, height: int) ->
     return x, y, x + width, y + height
 
 
-def scene(kind: str, frames: int = 20) -> tuple[np.ndarray, list[list[tuple[int, int, int, int]]]]:
-    """Frames ``(T, H, W, 3)`` ``uint8`` of a layout and, per frame, the pasted face boxes (largest first)."""
+def scene(kind: str, frames: int = 20, *, seed: int = 0) -> tuple[np.ndarray, list[list[tuple[int, int, int, int]]]]:
+    """Frames ``(T, H, W, 3)`` ``uint8`` of a layout and, per frame, the pasted face boxes (largest
+    first); ``seed`` changes the background noise (distinct files for the content-hash cache)."""
     patch = face_patch()
     images, boxes = [], []
     for index in range(frames):
-        image = _background(index)
+        image = _background(index + 1000 * seed)
         placed = []
         if kind != "empty" and not (kind == "gap" and index == frames // 2):
             progress = index / max(frames - 1, 1)

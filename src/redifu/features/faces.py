@@ -252,9 +252,9 @@ def _regress(boxes: Tensor, offsets: Tensor) -> Tensor:
 def sample_affine(images: Tensor, index: Tensor, matrices: Tensor, size: int, *, supersample: int = 4) -> Tensor:
     """Crops of ``size x size`` pixels from ``images`` through affine maps, zero outside the image.
 
-    Crop pixel ``(u, v)`` (its centre at ``u + 0.5``) is read at image point ``M @ (u, v, 1)``,
-    bilinearly, on a grid ``supersample`` times finer, averaged back to ``size`` (so shrinking a
-    large face does not alias).
+    Crop pixel ``(u, v)`` (its centre at ``u + 0.5``) is read at image point ``M @ (u, v, 1)``
+    (pixel centres at integer coordinates), bilinearly, on a grid ``supersample`` times finer,
+    averaged back to ``size`` (so shrinking a large face does not alias).
 
     Args:
         images: ``(F, H, W, C)`` float images.
@@ -276,22 +276,39 @@ def sample_affine(images: Tensor, index: Tensor, matrices: Tensor, size: int, *,
     m = matrices.to(images.dtype)
     x = m[:, 0, 0, None, None] * u + m[:, 0, 1, None, None] * v + m[:, 0, 2, None, None] - 0.5  # (N, S, S)
     y = m[:, 1, 0, None, None] * u + m[:, 1, 1, None, None] * v + m[:, 1, 2, None, None] - 0.5
+    # Points outside the frame read a zero border (one pixel before, two after): clamped onto it, both
+    # taps of a point outside land in it, or on an edge pixel with weight 0.
+    x, y = x.clamp(-1.0, float(width)), y.clamp(-1.0, float(height))
     x0, y0 = x.floor(), y.floor()
     wx, wy = (x - x0)[..., None], (y - y0)[..., None]  # (N, S, S, 1)
-    x0, y0 = x0.long(), y0.long()
-    frame = index[:, None, None].expand(n, fine, fine)
+    used, frame = torch.unique(index, return_inverse=True)
+    padded = nn.functional.pad(images[used], (0, 0, 1, 2, 1, 2))  # (U, H + 3, W + 3, C)
+    stride = width + 3
+    flat = padded.reshape(-1, channels)  # (U (H + 3) (W + 3), C)
+    base = frame[:, None, None] * (height + 3) * stride + (y0.long() + 1) * stride + (x0.long() + 1)  # (N, S, S)
 
-    def tap(yy: Tensor, xx: Tensor) -> Tensor:
-        inside = ((xx >= 0) & (xx < width) & (yy >= 0) & (yy < height))[..., None]  # (N, S, S, 1)
-        values = images[frame, yy.clamp(0, height - 1), xx.clamp(0, width - 1)]  # (N, S, S, C)
-        return values * inside
+    def tap(offset: int) -> Tensor:
+        return flat[base + offset]  # (N, S, S, C)
 
-    crop = ((1 - wy) * ((1 - wx) * tap(y0, x0) + wx * tap(y0, x0 + 1))
-            + wy * ((1 - wx) * tap(y0 + 1, x0) + wx * tap(y0 + 1, x0 + 1)))  # (N, S, S, C)
+    crop = ((1 - wy) * ((1 - wx) * tap(0) + wx * tap(1))
+            + wy * ((1 - wx) * tap(stride) + wx * tap(stride + 1)))  # (N, S, S, C)
     crop = crop.permute(0, 3, 1, 2)  # (N, C, S, S)
     if supersample > 1:
         crop = nn.functional.avg_pool2d(crop, supersample)  # (N, C, size, size)
     return crop
+
+
+def _crop_boxes(images: Tensor, index: Tensor, boxes: Tensor, size: int) -> Tensor:
+    """``size x size`` crops of ``boxes``, each supersampled as finely as its box needs (1 to 4
+    sub-samples per pixel side: a box of side ``k * size`` needs ``k``). ``(N, C, size, size)``."""
+    side = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    factor = (side / size).ceil().clamp(1, 4).long()
+    crops = images.new_zeros((boxes.shape[0], images.shape[-1], size, size))
+    maps = _box_maps(boxes, size)
+    for k in factor.unique().tolist():
+        chosen = factor == k
+        crops[chosen] = sample_affine(images, index[chosen], maps[chosen], size, supersample=int(k))
+    return crops
 
 
 def _box_maps(boxes: Tensor, size: int) -> Tensor:
@@ -429,7 +446,7 @@ class FaceDetector:
         boxes, frame = _square(boxes[keep]), frame[keep]
 
         # Stage 2: R-Net on 24x24 crops.
-        crops = sample_affine(scaled, frame, _box_maps(boxes, 24), 24)
+        crops = _crop_boxes(scaled, frame, boxes, 24)
         probability, offsets = self.rnet(crops)
         passed = probability[:, 1] > self.thresholds[1]
         boxes, found, frame = _regress(boxes[passed], offsets[passed]), probability[passed, 1], frame[passed]
@@ -437,7 +454,7 @@ class FaceDetector:
         boxes, frame = _square(boxes[keep]), frame[keep]
 
         # Stage 3: O-Net on 48x48 crops, with the landmarks.
-        crops = sample_affine(scaled, frame, _box_maps(boxes, 48), 48)
+        crops = _crop_boxes(scaled, frame, boxes, 48)
         probability, offsets, points = self.onet(crops)
         passed = probability[:, 1] > self.thresholds[2]
         boxes, offsets, points = boxes[passed], offsets[passed], points[passed]
