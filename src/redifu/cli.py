@@ -290,6 +290,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     print(f"{p.dialogue_id:<16}{p.index:>4}  {p.speaker:<14}{p.label:<12}"
                           f"{p.probabilities[p.label]:>5.2f}")
             _refuse_nothing_predicted(args.input, reader)
+            for modality, count in reader.missing.items():
+                print(f"redifu predict: {count} utterances without {modality} (training mean used)", file=sys.stderr)
             return 0
         with PredictionWriter(output, predictor.classes, explain=args.explain) as writer, tqdm(
             desc="predict", unit="dialogue", disable=args.no_progress or not sys.stderr.isatty()
