@@ -116,7 +116,8 @@ def test_prepare_records_the_visual_extractor_and_the_faceless_utterances(prepar
 
 
 @pytest.mark.integration
-def test_three_modalities_train_then_predict_from_raw_video(prepared, meld, tmp_path, capsys):
+def test_three_modalities_train_then_predict_from_raw_video(prepared, meld, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # predict computes, not reads a cache
     output, audio = prepared
     run = tmp_path / "run"
     assert main(["train", f"data.path={output}", "--output", str(run), *FAST_TRAIN]) == 0

@@ -318,3 +318,25 @@ def test_a_model_trained_on_one_descriptor_refuses_another(clips, tmp_path):
     with pytest.raises(DataError, match="field 'video_path': the model was trained on visual features from "
                                         "'DenseNet"):
         list(read_conversations(video, feature_dims={"text": 4, "visual": 1024}, extractors={"visual": reported}))
+
+
+def test_video_path_rows_with_start_and_end_use_the_recorded_extractor(extractor, clips, tmp_path):
+    """One video file per dialogue, each utterance a segment: the reader rebuilds the recorded
+    extractor (its sampling, detector and descriptor settings) and describes each segment."""
+    from dataclasses import asdict
+
+    from redifu.predict.rows import read_conversations
+
+    recorded = asdict(extractor.info)
+    source = _rows(tmp_path / "in.jsonl", [
+        {"dialogue_id": "d", "utterance": 0, "speaker": "A", "text": "hi", "video_path": str(clips["gap"]),
+         "start": 0.0, "end": 0.8},
+        {"dialogue_id": "d", "utterance": 1, "speaker": "B", "text": "yo", "video_path": str(clips["gap"]),
+         "start": "00:00:00,800", "end": "00:00:02,000"}])
+    [dialogue] = list(read_conversations(source, feature_dims={"text": 4, "visual": recorded["dimension"]},
+                                         extractors={"visual": recorded}, missing_fill={"visual": np.zeros(1024)}))
+    fresh = extractor.__class__(detector=extractor.detector, cache_dir=tmp_path / "fresh", fps=10.0)
+    np.testing.assert_allclose(dialogue[0].features["visual"], fresh.extract_file(clips["gap"], 0.0, 0.8), rtol=1e-6)
+    np.testing.assert_allclose(dialogue[1].features["visual"], fresh.extract_file(clips["gap"], 0.8, 2.0), rtol=1e-6)
+    assert dialogue[0].extractors["visual"] == "hog-landmarks"
+    assert dialogue[1].features["visual"][-1] == pytest.approx(11 / 12)  # 12 frames, the empty one among them

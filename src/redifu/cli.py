@@ -592,13 +592,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Feature extraction for `redifu predict` and dataset building.")
     features_commands = features.add_subparsers(dest="features_command", metavar="FEATURES_COMMAND", required=True)
     extract = features_commands.add_parser(
-        "extract", help="extract audio (openSMILE) and text features per utterance",
+        "extract", help="extract audio (openSMILE), visual (faces) and text features per utterance",
         description="Read INPUT (.jsonl or .csv, the rows `redifu predict` reads: one utterance per row with "
         "dialogue_id, utterance, speaker, text, and audio_path = an audio file (WAV/FLAC, or MP4/M4A/MKV/MP3/... "
         "decoded with PyAV), relative to INPUT's folder: one file per utterance, or one file per "
         "dialogue with start/end in seconds or HH:MM:SS,mmm as in MELD's CSVs). Audio is mixed down to mono, "
         "resampled to 16 kHz and described with openSMILE functionals (IS10_paraling: 1582-d, the standard IEMOCAP "
-        "set; eGeMAPSv02: 88-d); results are cached by file content hash, segment and feature set.",
+        "set; eGeMAPSv02: 88-d). Video (video_path, same start/end) is sampled (--video-fps), faces are found with "
+        "MTCNN, the speaker's face tracked, aligned, described (--visual-descriptor) and pooled; an utterance "
+        "without a face gets visual_missing. Results are cached by file content hash, segment and settings.",
         epilog="OUT gets the input rows plus <modality>_npy columns (paths relative to OUT's folder) naming "
         "OUT_features/<dialogue>_<utt>_<modality>.npy, one float32 vector each, and <modality>_extractor columns "
         "naming the extractor (checked by `redifu predict` against the checkpoint's); other columns are kept and "
