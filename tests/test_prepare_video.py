@@ -155,3 +155,44 @@ def test_three_modalities_train_then_predict_from_raw_video(prepared, meld, tmp_
     labels = json.loads((run / "checkpoint" / "labels.json").read_text())
     classes = set(labels["classes"] if isinstance(labels, dict) else labels)
     assert len(printed) == 4 and all(line.split()[3] in classes for line in printed[1:])
+
+
+EMORYNLP_HEADER = ["Utterance", "Speaker", "Emotion", "Scene_ID", "Utterance_ID", "Season", "Episode",
+                   "Start_Time", "End_Time"]
+
+
+@pytest.mark.integration
+def test_emorynlp_cuts_utterances_out_of_one_episode_video(tmp_path):
+    """One video file per episode (EmoryNLP's layout): each utterance is its Start_Time..End_Time."""
+    needs_faces()
+    from redifu.features.video import VisualFeatureExtractor
+    from redifu.prepare import prepare_transcripts
+
+    parts = [scene(layout, frames=15, seed=i)[0] for i, (*_, layout) in enumerate(LINES)]
+    parts[2] = scene("empty", frames=15)[0]  # the third utterance shows no face
+    (tmp_path / "episodes").mkdir()
+    episode = write_clip(tmp_path / "episodes" / "Friends.S01E02.mp4", np.concatenate(parts))  # 4.5 s at 10 fps
+    times = [(1.5 * u, 1.5 * u + 1.4) for u in range(3)]
+    (tmp_path / "csv").mkdir()
+    for split in ("train", "dev", "test"):
+        rows = [EMORYNLP_HEADER]
+        for u, ((speaker, text, *_), (start, end)) in enumerate(zip(LINES, times)):
+            rows.append([text, repr([speaker]), ["Joyful", "Mad", "Neutral"][u], 1, u + 1, 1, 2,
+                         f"00:00:{start:06.3f}", f"00:00:{end:06.3f}"])
+        with open(tmp_path / "csv" / f"emorynlp_{split}_final.csv", "w", newline="", encoding="utf-8") as stream:
+            csv.writer(stream).writerows(rows)
+    extractor = VisualFeatureExtractor(fps=4.0, cache_dir=tmp_path / "vcache")
+    corpus, stats = prepare_transcripts("emorynlp", tmp_path / "out", source=tmp_path / "csv",
+                                        video=tmp_path / "episodes", cache_dir=tmp_path / "text-cache",
+                                        progress=False, visual_extractor=extractor)
+    assert corpus.metadata.modality_dims == {"text": 384, "visual": 1024}
+    assert stats["visual"]["missing"] == {"train": 1, "dev": 1, "test": 1}
+    [train] = corpus.splits["train"]
+    fresh = VisualFeatureExtractor(fps=4.0, cache_dir=tmp_path / "fresh", detector=extractor.detector)
+    for u, (start, end) in enumerate(times[:2]):  # the segment, seeked to, not the clip from its start
+        np.testing.assert_allclose(train.features["visual"][u], fresh.extract_file(episode, start, end), rtol=1e-6)
+    assert not np.allclose(train.features["visual"][0], train.features["visual"][1])
+    np.testing.assert_allclose(train.features["visual"][2], train.features["visual"][:2].mean(0), rtol=1e-5)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["provenance"]["visual"]["layout"].startswith("episode:")
+    assert manifest["provenance"]["visual"]["missing"]["dev"] == ["s1e2c1:3"]  # EmoryNLP counts utterances from 1
