@@ -182,15 +182,21 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     if args.audio is None and (args.audio_set is not None or args.on_audio_error is not None
                                or args.audio_cache_dir is not None):
         raise UsageError("--audio-set, --on-audio-error and --audio-cache-dir need --audio DIR")
+    visual_extractor = _visual_extractor(args, args.video, cache_dir=args.video_cache_dir) \
+        if args.video is not None else None
+    if args.video is None and (args.on_video_error is not None or args.video_cache_dir is not None
+                               or args.visual_descriptor is not None or args.video_fps is not None):
+        raise UsageError("--visual-descriptor, --video-fps, --on-video-error and --video-cache-dir need --video DIR")
     try:
         corpus, stats = prepare_transcripts(
             args.dataset, args.output, source=args.source, download_dir=args.download_dir, base_url=args.base_url,
             encoder=args.encoder, batch_size=args.batch_size, cache_dir=args.cache_dir,
             progress=not args.no_progress and sys.stderr.isatty(), audio=args.audio,
             audio_set=args.audio_set or "IS10_paraling", on_audio_error=args.on_audio_error or "fail",
-            audio_cache_dir=args.audio_cache_dir,
+            audio_cache_dir=args.audio_cache_dir, video=args.video, on_video_error=args.on_video_error or "fail",
+            visual_extractor=visual_extractor,
         )
-    except ImportError as error:  # the text/audio extras
+    except ImportError as error:  # the text/audio/video extras
         raise UsageError(str(error)) from None
     print(describe(corpus), end="")
     print(f"\nwrote {args.output} in {stats['seconds']:.1f} s (text encoding {stats['encode_seconds']:.1f} s, "
@@ -202,7 +208,31 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
         print(f"audio: {audio['utterances']} utterances, {audio['extractor']['name']} "
               f"{audio['extractor']['dimension']}-d, {audio['seconds']:.1f} s ({audio['extractions']} extracted, "
               f"the rest from the cache); {skipped} dialogues left out for their audio")
+    visual = stats["visual"]
+    if visual:
+        skipped = sum(len(ids) for ids in visual["skipped_dialogues"].values())
+        missing = ", ".join(f"{s} {n}" for s, n in visual["missing"].items())
+        print(f"visual: {visual['utterances']} utterances, {visual['extractor']['name']} "
+              f"{visual['extractor']['dimension']}-d, {visual['seconds']:.1f} s ({visual['extractions']} extracted, "
+              f"the rest from the cache); no face found in {sum(visual['missing'].values())} utterances ({missing}; "
+              f"given the training mean); {skipped} dialogues left out for their video")
     return 0
+
+
+def _visual_extractor(args: argparse.Namespace, wanted: Any, *, cache_dir: str | None):
+    """The visual extractor the options name (``None`` when ``wanted`` is false)."""
+    if not wanted:
+        return None
+    from redifu.features.descriptors import descriptor_from_spec
+    from redifu.features.video import VisualFeatureExtractor
+
+    try:
+        descriptor = descriptor_from_spec(args.visual_descriptor, trust_torchscript=args.trust_torchscript)
+        return VisualFeatureExtractor(descriptor, fps=args.video_fps or 3.0, cache_dir=cache_dir)
+    except ValueError as error:
+        raise UsageError(f"--visual-descriptor: {error}") from None
+    except ImportError as error:  # the video extra
+        raise UsageError(str(error)) from None
 
 
 def cmd_data_convert(args: argparse.Namespace) -> int:
@@ -249,7 +279,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         logging.getLogger("redifu.features.audio").setLevel(logging.WARNING)
     try:
         predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, batch_size=args.batch_size,
-                                              allow_unverified=args.allow_unverified_extractor)
+                                              allow_unverified=args.allow_unverified_extractor,
+                                              trust_torchscript=args.trust_torchscript)
         reader = predictor.read(args.input, on_error=args.on_error)
         if output is None:  # the emotions, one utterance per line, on stdout
             for count, predictions in enumerate(predictor.predict_many(reader)):
@@ -259,6 +290,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     print(f"{p.dialogue_id:<16}{p.index:>4}  {p.speaker:<14}{p.label:<12}"
                           f"{p.probabilities[p.label]:>5.2f}")
             _refuse_nothing_predicted(args.input, reader)
+            for modality, count in reader.missing.items():
+                print(f"redifu predict: {count} utterances without {modality} (training mean used)", file=sys.stderr)
             return 0
         with PredictionWriter(output, predictor.classes, explain=args.explain) as writer, tqdm(
             desc="predict", unit="dialogue", disable=args.no_progress or not sys.stderr.isatty()
@@ -271,7 +304,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     print(f"redifu predict: {writer.dialogues} dialogues, {writer.utterances} utterances, skipped "
           f"{reader.skipped_dialogues} dialogues ({reader.skipped_rows} rows), "
-          f"{time.perf_counter() - started:.1f} s -> {output}", file=sys.stderr)
+          f"{time.perf_counter() - started:.1f} s -> {output}"
+          + "".join(f"; {n} utterances without {m} (training mean used)" for m, n in reader.missing.items()),
+          file=sys.stderr)
     return 0
 
 
@@ -295,14 +330,22 @@ def cmd_features_extract(args: argparse.Namespace) -> int:
         raise UsageError("--text-encoder needs --modalities text")
     if not args.verbose:
         logging.getLogger("redifu.features.text").setLevel(logging.WARNING)
+    if "visual" not in args.modalities and (args.visual_descriptor is not None or args.video_fps is not None):
+        raise UsageError("--visual-descriptor and --video-fps need --modalities visual")
+    visual_extractor = _visual_extractor(args, "visual" in args.modalities,
+                                         cache_dir=str(Path(args.cache_dir) / "visual-features") if args.cache_dir else None)
     try:
         stats = extract_features(args.input, output, modalities=args.modalities, audio_set=args.audio_set,
-                                 text_encoder=args.text_encoder, cache_dir=args.cache_dir)
-    except ImportError as error:  # the audio/text extras
+                                 text_encoder=args.text_encoder, cache_dir=args.cache_dir,
+                                 visual_extractor=visual_extractor)
+    except ImportError as error:  # the audio/text/video extras
         raise UsageError(str(error)) from None
     sizes = ", ".join(f"{m} {d}-d" for m, d in stats["dimensions"].items())
+    missing = "".join(f"; no face found in {n} utterances (visual_missing)" for m, n in stats["missing"].items()
+                      if m == "visual")
     print(f"redifu features extract: {stats['rows']} utterances ({sizes}), "
-          f"{time.perf_counter() - started:.1f} s -> {output} (vectors in {features_dir(output)})", file=sys.stderr)
+          f"{time.perf_counter() - started:.1f} s -> {output} (vectors in {features_dir(output)}){missing}",
+          file=sys.stderr)
     return 0
 
 
@@ -371,6 +414,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"best: trial {best['best_trial']}, {OBJECTIVE} {best['value']:.2f} of {best['n_trials']} complete trials "
           f"[{values}] -> {Path(args.output) / 'best.yaml'} (redifu train --config {Path(args.output) / 'best.yaml'})")
     return 0
+
+
+def _add_visual_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--visual-descriptor", metavar="hog-landmarks|torchscript:FILE",
+                        help="face descriptor: hog-landmarks (built in: HOG of the aligned face plus landmark "
+                        "geometry, default) or torchscript:FILE (your TorchScript image model on aligned 112x112 "
+                        "RGB crops, ImageNet-normalised; needs --trust-torchscript)")
+    parser.add_argument("--trust-torchscript", action="store_true",
+                        help="allow loading a TorchScript file (loading it runs the code saved in it)")
+    parser.add_argument("--video-fps", type=float, metavar="FPS",
+                        help="frames sampled per second of each utterance (default: 3)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -452,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="for a model trained on converted feature files, whose audio extractor is only "
                          "reported by the files' authors: compute audio_path features (or accept declared "
                          "IS10_paraling vectors) with redifu's own openSMILE anyway (not verified to match theirs)")
+    predict.add_argument("--trust-torchscript", action="store_true",
+                         help="load the TorchScript face model the checkpoint's visual extractor records, to describe "
+                         "video_path rows (loading TorchScript runs the code saved in the file: only for your own)")
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
     predict.set_defaults(handler=cmd_predict)
 
@@ -506,6 +563,17 @@ def build_parser() -> argparse.ArgumentParser:
                          "dialogue ids are recorded in manifest.json and counted in the summary)")
     prepare.add_argument("--audio-cache-dir", metavar="DIR",
                          help="audio feature cache (default ~/.cache/redifu/audio-features)")
+    prepare.add_argument("--video", metavar="DIR",
+                         help="raw video, to add visual features (MTCNN faces, the speaker's track, pooled face "
+                         "descriptors), laid out as each dataset's video locator reads it: " + "; ".join(
+                             f"{n}: {registry.get(n).video_locator.layout.split(': ', 1)[-1]}" for n in preparable
+                             if registry.get(n).video_locator is not None)
+                         + ". An utterance without a face gets the training mean (recorded in manifest.json)")
+    _add_visual_options(prepare)
+    prepare.add_argument("--on-video-error", choices=["fail", "skip-dialogue"],
+                         help="a missing or unreadable video file: stop (fail, default) or leave its dialogue out")
+    prepare.add_argument("--video-cache-dir", metavar="DIR",
+                         help="visual feature cache (default ~/.cache/redifu/visual-features)")
     prepare.add_argument("--no-progress", action="store_true", help="no progress bar")
     prepare.set_defaults(handler=cmd_data_prepare)
 
@@ -535,13 +603,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Feature extraction for `redifu predict` and dataset building.")
     features_commands = features.add_subparsers(dest="features_command", metavar="FEATURES_COMMAND", required=True)
     extract = features_commands.add_parser(
-        "extract", help="extract audio (openSMILE) and text features per utterance",
+        "extract", help="extract audio (openSMILE), visual (faces) and text features per utterance",
         description="Read INPUT (.jsonl or .csv, the rows `redifu predict` reads: one utterance per row with "
         "dialogue_id, utterance, speaker, text, and audio_path = an audio file (WAV/FLAC, or MP4/M4A/MKV/MP3/... "
         "decoded with PyAV), relative to INPUT's folder: one file per utterance, or one file per "
         "dialogue with start/end in seconds or HH:MM:SS,mmm as in MELD's CSVs). Audio is mixed down to mono, "
         "resampled to 16 kHz and described with openSMILE functionals (IS10_paraling: 1582-d, the standard IEMOCAP "
-        "set; eGeMAPSv02: 88-d); results are cached by file content hash, segment and feature set.",
+        "set; eGeMAPSv02: 88-d). Video (video_path, same start/end) is sampled (--video-fps), faces are found with "
+        "MTCNN, the speaker's face tracked, aligned, described (--visual-descriptor) and pooled; an utterance "
+        "without a face gets visual_missing. Results are cached by file content hash, segment and settings.",
         epilog="OUT gets the input rows plus <modality>_npy columns (paths relative to OUT's folder) naming "
         "OUT_features/<dialogue>_<utt>_<modality>.npy, one float32 vector each, and <modality>_extractor columns "
         "naming the extractor (checked by `redifu predict` against the checkpoint's); other columns are kept and "
@@ -550,15 +620,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     extract.add_argument("input", metavar="INPUT", help="utterances, .jsonl or .csv")
     extract.add_argument("--output", metavar="OUT", required=True, help="rows with feature paths, .jsonl or .csv")
-    extract.add_argument("--modalities", nargs="+", choices=["text", "audio"], default=["audio"],
+    extract.add_argument("--modalities", nargs="+", choices=["text", "audio", "visual"], default=["audio"],
                          help="modalities to extract (default: audio; predict encodes text with the checkpoint's "
-                         "own encoder)")
+                         "own encoder; visual reads video_path, an utterance without a face gets visual_missing)")
+    _add_visual_options(extract)
     extract.add_argument("--audio-set", choices=["IS10_paraling", "eGeMAPSv02"], default="IS10_paraling",
                          help="openSMILE functionals set (default: IS10_paraling, 1582-d)")
     extract.add_argument("--text-encoder", metavar="MODEL",
                          help="sentence-transformers model or path for text (default: packaged all-MiniLM-L6-v2)")
     extract.add_argument("--cache-dir", metavar="DIR",
-                         help="feature cache root (default ~/.cache/redifu/{audio,text}-features)")
+                         help="feature cache root (default ~/.cache/redifu/{audio,text,visual}-features)")
     extract.set_defaults(handler=cmd_features_extract)
 
     text = commands.add_parser("text", help="fine-tune text encoders",

@@ -1,5 +1,5 @@
 """Building redifu datasets from what users hold: the application pipelines behind
-``redifu data prepare`` (download -> transcript reader -> text encoder -> openSMILE -> store) and
+``redifu data prepare`` (download -> transcript reader -> text encoder -> openSMILE and faces -> store) and
 ``redifu data convert`` (feature pickle -> store).
 
 Everything dataset-specific comes from the dataset's :mod:`redifu.data.registry` entry; the
@@ -28,9 +28,11 @@ from redifu.files import file_sha256
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ON_AUDIO_ERROR", "convert_feature_file", "default_download_dir", "describe", "prepare_transcripts"]
+__all__ = ["ON_AUDIO_ERROR", "ON_VIDEO_ERROR", "convert_feature_file", "default_download_dir", "describe",
+           "prepare_transcripts"]
 
 ON_AUDIO_ERROR = ("fail", "skip-dialogue")
+ON_VIDEO_ERROR = ON_AUDIO_ERROR
 
 
 def default_download_dir(name: str) -> Path:
@@ -80,11 +82,15 @@ def prepare_transcripts(
     audio_cache_dir: str | Path | None = None,
     audio_extractor: Any = None,
     text_encoder: Any = None,
+    video: str | Path | None = None,
+    on_video_error: str = "fail",
+    visual_extractor: Any = None,
 ) -> tuple[DialogueCorpus, dict[str, Any]]:
     """Fetch (or read from ``source``) the official files of dataset ``name``, read them with its
     registry entry's reader, encode every utterance's text with a sentence encoder and, with
-    ``audio``, describe every utterance's audio with openSMILE; write the redifu dataset to
-    ``output`` (all of it or nothing).
+    ``audio``, describe every utterance's audio with openSMILE and, with ``video``, its speaker's
+    face (:mod:`redifu.features.video`); write the redifu dataset to ``output`` (all of it or
+    nothing).
 
     Args:
         name: A preparable :mod:`redifu.data.registry` entry (``meld``, ``emorynlp``, ...).
@@ -109,6 +115,16 @@ def prepare_transcripts(
         text_encoder: A :class:`~redifu.features.text.TextEncoder` (or any object with its
             ``encode`` or ``encode_dialogues``, ``info`` and ``model_name``) to use instead of
             building one from ``encoder``.
+        video: Folder of the raw video, as the entry's ``video_locator`` reads it (MELD: the
+            ``.mp4`` clips of ``audio``'s layout; EmoryNLP: one video file per episode).
+        on_video_error: As ``on_audio_error``, for a missing or unreadable video file. An
+            utterance whose video shows no face is not an error: its visual vector is the
+            training split's mean visual vector (what the model's standardisation maps to
+            zero), and it is recorded in the manifest's provenance (``visual.missing``: per
+            split, ``"dialogue:utterance"`` ids) and counted in the statistics.
+        visual_extractor: A :class:`~redifu.features.video.VisualFeatureExtractor` (its
+            descriptor, sampling and cache); default one with the built-in ``hog-landmarks``
+            descriptor.
     """
     entry = registry.get(name)
     if not entry.preparable:
@@ -118,6 +134,10 @@ def prepare_transcripts(
         raise DataError(f"on_audio_error: must be one of {', '.join(ON_AUDIO_ERROR)}, got {on_audio_error!r}")
     if audio is not None and entry.audio_locator is None:
         raise DataError(f"audio: dataset {name!r} has no audio layout (its registry entry has no audio_locator)")
+    if on_video_error not in ON_VIDEO_ERROR:
+        raise DataError(f"on_video_error: must be one of {', '.join(ON_VIDEO_ERROR)}, got {on_video_error!r}")
+    if video is not None and entry.video_locator is None:
+        raise DataError(f"video: dataset {name!r} has no video layout (its registry entry has no video_locator)")
     started = time.perf_counter()
     if source is not None:
         directory = _source_directory(entry, Path(source))
@@ -133,18 +153,40 @@ def prepare_transcripts(
     provenance: dict[str, Any] = {}
     features: dict[str, Any] = {}
     audio_stats: dict[str, Any] = {}
+    visual_stats: dict[str, Any] = {}
     if audio is not None:  # first: the slow part, and the one that decides which dialogues stay
-        vectors, audio_provenance, audio_stats = _extract_transcript_audio(
-            entry, transcripts, Path(audio), audio_set=audio_set, on_error=on_audio_error,
-            cache_dir=audio_cache_dir, extractor=audio_extractor, progress=progress)
+        from redifu.features.audio import AudioFeatureExtractor, audio_decoders
+
+        audio_extractor = audio_extractor or AudioFeatureExtractor(audio_set, cache_dir=audio_cache_dir)
+        vectors, audio_provenance, audio_stats = _extract_transcript_media(
+            "audio", entry.audio_locator, transcripts, Path(audio), on_error=on_audio_error,
+            extractor=audio_extractor, decoders=audio_decoders(), progress=progress)
         transcripts = transcripts.without({s: set(ids) for s, ids in audio_stats["skipped_dialogues"].items()})
         empty = [s for s, dialogues in transcripts.splits.items() if not dialogues]
         if empty:
             raise DataError(f"{audio}: every dialogue of split {empty[0]!r} was skipped for its audio")
-        features["audio"] = lambda split, dialogues: np.stack(
+        features["audio"] = lambda split, dialogues, vectors=vectors: np.stack(
             [vectors[(split, u.dialogue_id, u.index)] for d in dialogues for u in d])  # (U, D_audio)
         extractors["audio"] = audio_stats["extractor"]
         provenance["audio"] = audio_provenance
+    if video is not None:
+        from redifu.features.video import VisualFeatureExtractor, video_decoders
+
+        visual_extractor = visual_extractor or VisualFeatureExtractor()
+        seen, visual_provenance, visual_stats = _extract_transcript_media(
+            "visual", entry.video_locator, transcripts, Path(video), on_error=on_video_error,
+            extractor=visual_extractor, decoders=video_decoders(), progress=progress)
+        transcripts = transcripts.without({s: set(ids) for s, ids in visual_stats["skipped_dialogues"].items()})
+        empty = [s for s, dialogues in transcripts.splits.items() if not dialogues]
+        if empty:
+            raise DataError(f"{video}: every dialogue of split {empty[0]!r} was skipped for its video")
+        visual, missing = _fill_missing_faces(transcripts, seen, source=Path(video))
+        visual_provenance["missing"] = missing
+        visual_stats["missing"] = {s: len(ids) for s, ids in missing.items()}
+        features["visual"] = lambda split, dialogues, vectors=visual: np.stack(
+            [vectors[(split, u.dialogue_id, u.index)] for d in dialogues for u in d])  # (U, D_visual)
+        extractors["visual"] = visual_stats["extractor"]
+        provenance["visual"] = visual_provenance
     from redifu.features.text import encode_dialogues
 
     if text_encoder is None:
@@ -156,6 +198,8 @@ def prepare_transcripts(
     description = f"{name} transcripts ({transcript_files}), text features from {text_encoder.model_name}"
     if audio is not None:
         description += f", audio features from openSMILE {audio_set}"
+    if video is not None:
+        description += f", visual features from {extractors['visual']['name']} descriptors of MTCNN faces"
     corpus = transcripts.to_dialogue_corpus(lambda dialogues: encode_dialogues(text_encoder, dialogues),
                                             num_speakers=num_speakers,
                                             description=description, features=features)
@@ -170,7 +214,8 @@ def prepare_transcripts(
         "description": corpus.metadata.description,
     })
     stats = {"seconds": time.perf_counter() - started, "encode_seconds": encode_seconds,
-             "repaired": transcripts.repaired, "extractor": extractor, "audio": audio_stats or None}
+             "repaired": transcripts.repaired, "extractor": extractor, "audio": audio_stats or None,
+             "visual": visual_stats or None}
     return corpus, stats
 
 
@@ -185,39 +230,38 @@ def _source_directory(entry: registry.DatasetEntry, source: Path) -> Path:
     return source.parent
 
 
-def _extract_transcript_audio(
-    entry: registry.DatasetEntry,
+def _extract_transcript_media(
+    modality: str,
+    locator_factory: Any,
     transcripts: Any,
     directory: Path,
     *,
-    audio_set: str,
     on_error: str,
-    cache_dir: str | Path | None,
     extractor: Any,
+    decoders: dict[str, str],
     progress: bool,
-) -> tuple[dict[tuple[str, str, int], np.ndarray], dict[str, Any], dict[str, Any]]:
-    """openSMILE features of every utterance: ``(split, dialogue id, utterance id) -> (D,)``,
-    the provenance to store, and statistics (seconds, extractions, skipped dialogues)."""
+) -> tuple[dict[tuple[str, str, int], np.ndarray | None], dict[str, Any], dict[str, Any]]:
+    """Every utterance's ``modality`` features (``audio``: openSMILE; ``visual``: pooled faces,
+    ``None`` where no face was found): ``(split, dialogue id, utterance id) -> (D,)``, the
+    provenance to store, and statistics (seconds, extractions, skipped dialogues)."""
     from tqdm.auto import tqdm
 
-    from redifu.features.audio import AudioFeatureExtractor, audio_decoders
-
     started = time.perf_counter()
-    locator = entry.audio_locator(directory)
+    media = "audio" if modality == "audio" else "video"
+    locator = locator_factory(directory)
     locator.check(list(transcripts.splits))  # a wrong folder fails whatever on_error says
-    extractor = extractor or AudioFeatureExtractor(audio_set, cache_dir=cache_dir)
-    info = asdict(extractor.info)  # fails early (one line naming the extra) without opensmile
-    vectors: dict[tuple[str, str, int], np.ndarray] = {}
+    info = asdict(extractor.info)  # fails early (one line naming the extra) without the extractor's packages
+    vectors: dict[tuple[str, str, int], np.ndarray | None] = {}
     skipped: dict[str, list[str]] = {split: [] for split in transcripts.splits}
     reasons: list[str] = []
     total = sum(transcripts.num_utterances(split) for split in transcripts.splits)
     suffixes: dict[str, int] = {}
-    with tqdm(total=total, desc="audio", unit="utt", disable=not progress) as bar:
+    with tqdm(total=total, desc=media, unit="utt", disable=not progress) as bar:
         for split, dialogues in transcripts.splits.items():
             for dialogue in dialogues:
                 for position, utterance in enumerate(dialogue):
                     where = (f"{transcripts.name} {split} split: dialogue {utterance.dialogue_id}: "
-                             f"utterance {utterance.index}: field 'audio'")
+                             f"utterance {utterance.index}: field '{media}'")
                     try:
                         found = locator.locate(split, utterance)
                         vector = extractor.extract_file(found.path, found.start, found.end)
@@ -236,14 +280,14 @@ def _extract_transcript_audio(
                     bar.update(1)
     count = sum(len(ids) for ids in skipped.values())
     if count:
-        log.warning("%s: %d dialogue(s) left out for their audio (on_audio_error=skip-dialogue): %s",
-                    transcripts.name, count, ", ".join(f"{s} {len(ids)}" for s, ids in skipped.items() if ids))
+        log.warning("%s: %d dialogue(s) left out for their %s (on_%s_error=skip-dialogue): %s", transcripts.name,
+                    count, media, media, ", ".join(f"{s} {len(ids)}" for s, ids in skipped.items() if ids))
     provenance = {
         "source": str(directory.resolve()),
         "layout": locator.layout,
         "files_by_suffix": dict(sorted(suffixes.items())),
-        "decoders": audio_decoders(),
-        "on_audio_error": on_error,
+        "decoders": decoders,
+        f"on_{media}_error": on_error,
         "skipped_dialogues": {s: ids for s, ids in skipped.items() if ids},
         "skip_reasons": reasons,
     }
@@ -252,3 +296,29 @@ def _extract_transcript_audio(
     return vectors, provenance, stats
 
 
+def _fill_missing_faces(transcripts: Any, vectors: dict[tuple[str, str, int], np.ndarray | None], *,
+                        source: Path) -> tuple[dict[tuple[str, str, int], np.ndarray], dict[str, list[str]]]:
+    """Utterances without a face get the mean visual vector of the training utterances with one
+    (so the training mean, which the model standardises with, stays that mean); returns the
+    filled vectors and, per split, the ``"dialogue:utterance"`` ids that were filled."""
+    kept = {(split, u.dialogue_id, u.index) for split, dialogues in transcripts.splits.items()
+            for d in dialogues for u in d}
+    train = [v for key, v in vectors.items() if key[0] == "train" and key in kept and v is not None]
+    if not train:
+        raise DataError(f"{source}: no face found in any utterance of the training split; the visual features "
+                        f"would all be missing (check the video folder, or prepare without --video)")
+    mean = np.mean(np.stack(train), axis=0).astype(np.float32)  # (D,)
+    filled: dict[tuple[str, str, int], np.ndarray] = {}
+    missing: dict[str, list[str]] = {split: [] for split in transcripts.splits}
+    for key, vector in vectors.items():
+        if key not in kept:
+            continue
+        if vector is None:
+            missing[key[0]].append(f"{key[1]}:{key[2]}")
+            vector = mean
+        filled[key] = vector
+    count = sum(len(ids) for ids in missing.values())
+    if count:
+        log.warning("%s: no face found in %d of %d utterances; their visual vector is the training mean",
+                    transcripts.name, count, len(filled))
+    return filled, missing

@@ -237,6 +237,9 @@ AUDIO_SUFFIXES: tuple[str, ...] = (".wav", ".flac", ".mp4", ".m4a", ".mkv", ".av
 """Audio file suffixes looked for, in order of preference (a ``.wav`` made from a ``.mp4``
 beside it wins)."""
 
+VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v")
+"""Video file suffixes looked for (``--video DIR``), in order of preference."""
+
 
 @dataclass(frozen=True)
 class AudioSource:
@@ -261,10 +264,12 @@ class MeldAudio:
 
     layout = "meld: DIR/{train_splits,dev_splits_complete,output_repeated_splits_test}/dia{D}_utt{U}.<suffix>"
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, *, suffixes: tuple[str, ...] = AUDIO_SUFFIXES,
+                 media: str = "audio") -> None:
         self.directory = Path(directory)
+        self.suffixes, self.media = tuple(suffixes), media
         if not self.directory.is_dir():
-            raise DataError(f"{self.directory}: audio folder not found")
+            raise DataError(f"{self.directory}: {media} folder not found")
         self._files: dict[str, tuple[Path, dict[str, Path]]] = {}
 
     def _folder(self, split: str) -> tuple[Path, dict[str, Path]]:
@@ -275,7 +280,7 @@ class MeldAudio:
                 raise DataError(f"{self.directory}: no folder for MELD's {split} split "
                                 f"(looked for {', '.join(names)})")
             files: dict[str, Path] = {}
-            rank = {suffix: i for i, suffix in enumerate(AUDIO_SUFFIXES)}
+            rank = {suffix: i for i, suffix in enumerate(self.suffixes)}
             for path in folder.iterdir():
                 suffix = path.suffix.lower()
                 if suffix in rank and not path.name.startswith("."):  # skip macOS "._x.mp4" forks
@@ -294,8 +299,8 @@ class MeldAudio:
         folder, files = self._folder(split)
         stem = f"dia{utterance.dialogue_id}_utt{utterance.index}"
         if stem not in files:
-            raise DataError(f"{folder / (stem + '.mp4')}: audio file not found "
-                            f"(nor {stem} with {', '.join(s for s in AUDIO_SUFFIXES if s != '.mp4')})")
+            raise DataError(f"{folder / (stem + '.mp4')}: {self.media} file not found "
+                            f"(nor {stem} with {', '.join(s for s in self.suffixes if s != '.mp4')})")
         return AudioSource(files[stem])
 
 
@@ -315,11 +320,13 @@ class EpisodeAudio:
     _EPISODE = re.compile(r"(?<![a-z0-9])s0*(\d{1,2})[ ._-]?e0*(\d{1,3})(?![0-9])")
     _DIALOGUE = re.compile(r"s(\d+)e(\d+)c\d+")
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, *, suffixes: tuple[str, ...] = AUDIO_SUFFIXES,
+                 media: str = "audio") -> None:
         self.directory = Path(directory)
+        self.suffixes, self.media = tuple(suffixes), media
         if not self.directory.is_dir():
-            raise DataError(f"{self.directory}: audio folder not found")
-        rank = {suffix: i for i, suffix in enumerate(AUDIO_SUFFIXES)}
+            raise DataError(f"{self.directory}: {media} folder not found")
+        rank = {suffix: i for i, suffix in enumerate(self.suffixes)}
         self.episodes: dict[tuple[int, int], Path] = {}
         for path in sorted(self.directory.rglob("*")):
             suffix = path.suffix.lower()
@@ -329,15 +336,15 @@ class EpisodeAudio:
             key = (int(found.group(1)), int(found.group(2)))
             other = self.episodes.get(key)
             if other is not None and rank[other.suffix.lower()] == rank[suffix]:
-                raise DataError(f"{path}: season {key[0]} episode {key[1]} has two audio files (also {other})")
+                raise DataError(f"{path}: season {key[0]} episode {key[1]} has two {media} files (also {other})")
             if other is None or rank[suffix] < rank[other.suffix.lower()]:
                 self.episodes[key] = path
 
     def check(self, splits: Sequence[str]) -> None:
         """Raise :class:`DataError` when the folder holds no episode file at all."""
         if not self.episodes:
-            raise DataError(f"{self.directory}: no episode audio files (names holding s01e02, with a suffix of "
-                            f"{', '.join(AUDIO_SUFFIXES)})")
+            raise DataError(f"{self.directory}: no episode {self.media} files (names holding s01e02, with a suffix of "
+                            f"{', '.join(self.suffixes)})")
 
     def locate(self, split: str, utterance: TranscriptUtterance) -> AudioSource:
         match = self._DIALOGUE.fullmatch(utterance.dialogue_id)
@@ -345,7 +352,7 @@ class EpisodeAudio:
             raise DataError(f"dialogue id {utterance.dialogue_id!r} does not name a season and episode")
         key = (int(match.group(1)), int(match.group(2)))
         if key not in self.episodes:
-            raise DataError(f"{self.directory}: audio file not found for season {key[0]} episode {key[1]} "
+            raise DataError(f"{self.directory}: {self.media} file not found for season {key[0]} episode {key[1]} "
                             f"(a name holding s{key[0]:02d}e{key[1]:02d})")
         if utterance.start is None or utterance.end is None:
             raise DataError(f"{self.episodes[key]}: the utterance has no start/end time in the CSV")
@@ -602,3 +609,21 @@ def _log_summary(name: str, splits: Mapping[str, list[list[TranscriptUtterance]]
         f"{split} {len(splits[split])}/{sum(len(d) for d in splits[split])}" for split in SPLITS if split in splits
     )
     logger.info("%s: dialogues/utterances %s; %d utterance(s) repaired", name, sizes, repaired)
+
+
+class MeldVideo(MeldAudio):
+    """MELD's clips as video (``--video DIR``): the layout of :class:`MeldAudio`, video suffixes only."""
+
+    layout = "meld: DIR/{train_splits,dev_splits_complete,output_repeated_splits_test}/dia{D}_utt{U}.mp4"
+
+    def __init__(self, directory: str | Path) -> None:
+        super().__init__(directory, suffixes=VIDEO_SUFFIXES, media="video")
+
+
+class EpisodeVideo(EpisodeAudio):
+    """One video file per episode, cut at the CSVs' times (the layout of :class:`EpisodeAudio`)."""
+
+    layout = "episode: DIR/**/*s{season}e{episode}*.<video suffix>, cut at Start_Time..End_Time"
+
+    def __init__(self, directory: str | Path) -> None:
+        super().__init__(directory, suffixes=VIDEO_SUFFIXES, media="video")

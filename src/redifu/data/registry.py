@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Protocol, Sequence
 
-from redifu.data.csv_corpora import EpisodeAudio, MeldAudio, read_emorynlp_csvs, read_meld_csvs
+from redifu.data.csv_corpora import (EpisodeAudio, EpisodeVideo, MeldAudio, MeldVideo, read_emorynlp_csvs,
+                                     read_meld_csvs)
 from redifu.data.iemocap_transcripts import read_iemocap_pickle
 from redifu.errors import SPLITS, DataError
 
@@ -85,6 +86,7 @@ class DatasetEntry:
             as many as the busiest dialogue has speakers.
         audio_locator: ``audio_locator(directory)`` finding each utterance's audio for
             ``--audio DIR``; ``None`` when the dataset has no audio layout.
+        video_locator: The same for its video (``--video DIR``); ``None``: no video layout.
         feature_layouts: Names of the :data:`~redifu.data.feature_files.LAYOUTS` that hold
             this dataset.
         synthetic_presets: Names of the :data:`~redifu.data.synthetic.PRESETS` shaped like it.
@@ -99,6 +101,7 @@ class DatasetEntry:
     reader: TranscriptReader | None = None
     speaker_slots: int | None = None
     audio_locator: Callable[[Path], AudioLocator] | None = None
+    video_locator: Callable[[Path], AudioLocator] | None = None
     feature_layouts: tuple[str, ...] = ()
     synthetic_presets: tuple[str, ...] = ()
     reference: str = ""
@@ -233,6 +236,7 @@ register(DatasetEntry(
     reader=read_meld_csvs,
     speaker_slots=9,  # one-hot speaker vectors of length 9 in MELD's standard feature files
     audio_locator=MeldAudio,
+    video_locator=MeldVideo,
     feature_layouts=("sdt-meld", "mmgcn-meld", "dialoguernn-meld", "cosmic-meld"),
     synthetic_presets=("meld",),
     reference="Poria et al., ACL 2019; declare-lab/MELD",
@@ -260,6 +264,7 @@ register(DatasetEntry(
     },
     reader=read_emorynlp_csvs,
     audio_locator=EpisodeAudio,
+    video_locator=EpisodeVideo,
     reference="Zahiri & Choi, 2018; the CSVs as distributed with declare-lab/MELD",
 ))
 

@@ -44,8 +44,7 @@ from typing import Any
 import numpy as np
 
 from redifu.errors import DataError
-from redifu.features.info import ExtractorInfo, redifu_cache_dir, write_cache_npz
-from redifu.files import file_sha256
+from redifu.features.info import ContentCache, ExtractorInfo, redifu_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +56,7 @@ __all__ = [
     "SOUNDFILE_SUFFIXES",
     "audio_decoders",
     "default_audio_cache_dir",
+    "parse_segment",
     "parse_timestamp",
 ]
 
@@ -111,6 +111,22 @@ def parse_timestamp(value: Any) -> float:
     return seconds
 
 
+def parse_segment(path: Path, start: Any, end: Any) -> tuple[float, float | None]:
+    """``(start, end)`` seconds of a segment of ``path`` (``None`` start: 0; ``None`` end: the file's end).
+
+    Raises:
+        DataError: one line naming the file for an unreadable time or an end not after the start.
+    """
+    try:
+        start_s = parse_timestamp(start) if start is not None else 0.0
+        end_s = parse_timestamp(end) if end is not None else None
+    except ValueError as error:
+        raise DataError(f"{path}: segment: {error}") from None
+    if end_s is not None and end_s <= start_s:
+        raise DataError(f"{path}: segment end {end_s:.3f} s must be after its start {start_s:.3f} s")
+    return start_s, end_s
+
+
 class AudioFeatureExtractor:
     """openSMILE functionals for whole audio files or segments of them, cached on disk.
 
@@ -133,7 +149,8 @@ class AudioFeatureExtractor:
         """Number of signals that went through openSMILE (cache misses)."""
         self._smile: Any = None
         self._info: AudioFeatureInfo | None = None
-        self._file_hashes: dict[tuple[str, int, int], str] = {}
+        self.cache = ContentCache(self.cache_dir, prefix=feature_set, identity=self._identity, what="audio feature",
+                                  media="audio")
 
     # -- openSMILE --------------------------------------------------------------------------
 
@@ -218,8 +235,7 @@ class AudioFeatureExtractor:
         """
         path = Path(path)
         start_s, end_s = self._segment(path, start, end)
-        file_hash = self._file_hash(path)
-        key = self._cache_key(file_hash, start_s, end_s)
+        key = self.cache.key(self.cache.file_hash(path), start_s, end_s)
         cached = self._read_cache(key)
         if cached is not None:
             return cached
@@ -262,31 +278,7 @@ class AudioFeatureExtractor:
         return features
 
     def _segment(self, path: Path, start: Any, end: Any) -> tuple[float, float | None]:
-        try:
-            start_s = parse_timestamp(start) if start is not None else 0.0
-            end_s = parse_timestamp(end) if end is not None else None
-        except ValueError as error:
-            raise DataError(f"{path}: segment: {error}") from None
-        if end_s is not None and end_s <= start_s:
-            raise DataError(f"{path}: segment end {end_s:.3f} s must be after its start {start_s:.3f} s")
-        return start_s, end_s
-
-    def _file_hash(self, path: Path) -> str:
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            raise DataError(f"{path}: audio file not found") from None
-        except OSError as error:
-            raise DataError(f"{path}: cannot read the audio file ({error.strerror or error})") from None
-        if not path.is_file():
-            raise DataError(f"{path}: not an audio file (a directory?)")
-        memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-        if memo not in self._file_hashes:
-            try:
-                self._file_hashes[memo] = file_sha256(path)
-            except OSError as error:
-                raise DataError(f"{path}: cannot read the audio file ({error.strerror or error})") from None
-        return self._file_hashes[memo]
+        return parse_segment(path, start, end)
 
     # -- cache ------------------------------------------------------------------------------
 
@@ -294,37 +286,19 @@ class AudioFeatureExtractor:
         info = self.info
         return json.dumps({"set": info.name, "version": info.version, "settings": info.settings}, sort_keys=True)
 
-    @property
-    def _set_cache_dir(self) -> Path:
-        tag = hashlib.sha256(self._identity().encode()).hexdigest()[:16]
-        return self.cache_dir / f"{self.feature_set}-{tag}"
-
-    def _cache_key(self, file_hash: str, start: float, end: float | None) -> str:
-        # Segments are keyed to the millisecond, the precision of MELD's timestamps.
-        segment = f"{round(start * 1000)}:{'end' if end is None else round(end * 1000)}"
-        text = f"{self._identity()}\0{file_hash}\0{segment}"
-        return hashlib.sha256(text.encode()).hexdigest()
-
-    def _cache_path(self, key: str) -> Path:
-        return self._set_cache_dir / key[:2] / f"{key}.npz"
-
     def _read_cache(self, key: str) -> np.ndarray | None:
-        path = self._cache_path(key)
-        if not path.is_file():
+        stored = self.cache.read(key)
+        if stored is None:
             return None
-        try:
-            with np.load(path, allow_pickle=False) as stored:
-                features = stored["features"]
-        except (OSError, ValueError, KeyError, EOFError) as error:
-            logger.warning("audio feature cache: ignoring unreadable entry %s (%s)", path, error)
-            return None
-        if features.shape != (self.info.dimension,):
-            logger.warning("audio feature cache: ignoring %s (shape %s)", path, features.shape)
+        features = stored.get("features")
+        if features is None or features.shape != (self.info.dimension,):
+            logger.warning("audio feature cache: ignoring %s (shape %s)", self.cache.path(key),
+                           None if features is None else features.shape)
             return None
         return features.astype(np.float32, copy=False)
 
     def _write_cache(self, key: str, features: np.ndarray) -> None:
-        write_cache_npz(self._cache_path(key), what="audio feature", features=features.astype(np.float32))
+        self.cache.write(key, features=features.astype(np.float32))
 
 
 def audio_decoders() -> dict[str, str]:

@@ -11,9 +11,13 @@ must come from the same extractor:
   authors' is not verified);
 - an undeclared vector is checked by size only;
 - raw audio (``audio_path``) is described with the recorded audio extractor, recomputed by redifu
-  with the recorded settings; refused when none is recorded or redifu cannot compute it.
+  with the recorded settings; refused when none is recorded or redifu cannot compute it;
+- raw video (``video_path``) likewise with the recorded visual extractor (its face descriptor,
+  frame sampling, detector and tracking settings); a TorchScript descriptor only with
+  ``trust_torchscript`` and the very file recorded (same SHA-256).
 
-A leaf of :mod:`redifu.predict`: the audio extractor is imported only when raw audio is read.
+A leaf of :mod:`redifu.predict`: the audio and visual extractors are imported only when raw
+audio or video is read.
 """
 
 from __future__ import annotations
@@ -25,11 +29,12 @@ from redifu.errors import CheckpointError
 
 if TYPE_CHECKING:
     from redifu.features.audio import AudioFeatureExtractor
+    from redifu.features.video import VisualFeatureExtractor
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["audio_extractor_for", "check_recorded_extractors", "describe_extractor", "extractor_problem",
-           "size_problem"]
+           "size_problem", "visual_extractor_for"]
 
 
 def describe_extractor(recorded: Mapping[str, Any]) -> str:
@@ -113,13 +118,67 @@ def audio_extractor_for(recorded: Mapping[str, Any] | None, *,
     except ImportError as error:
         raise ValueError(str(error)) from None
     if recorded.get("verified") is not False:
-        ours = dict(info.settings)
-        differ = {k: v for k, v in (recorded.get("settings") or {}).items()
-                  if k != "feature_set" and ours.get(k) != v}  # settings a record leaves out are not checked
-        if differ:
-            raise ValueError(f"the model's audio features were made with {differ}, but redifu {feature_set} uses "
-                             f"{({k: ours.get(k) for k in differ})}; give 'audio_npy'")
-        if recorded.get("version") and recorded["version"] != info.version:
-            logger.warning("audio extractor %s is version %s, but the model was trained on features from %s",
-                           feature_set, info.version, recorded["version"])
+        _check_settings_and_version("audio", feature_set, recorded, info, ignore=("feature_set",))
+    return extractor
+
+
+def _check_settings_and_version(modality: str, name: str, recorded: Mapping[str, Any], info: Any, *,
+                                ignore: tuple[str, ...] = ()) -> None:
+    """Refuse other settings than the recorded ones (those a record leaves out are not checked);
+    warn about another version."""
+    ours = dict(info.settings)
+    differ = {k: v for k, v in (recorded.get("settings") or {}).items() if k not in ignore and ours.get(k) != v}
+    if differ:
+        raise ValueError(f"the model's {modality} features were made with {differ}, but redifu {name} uses "
+                         f"{({k: ours.get(k) for k in differ})}; give '{modality}_npy'")
+    if recorded.get("version") and recorded["version"] != info.version:
+        logger.warning("%s extractor %s is version %s, but the model was trained on features from %s",
+                       modality, name, info.version, recorded["version"])
+
+
+def visual_extractor_for(recorded: Mapping[str, Any] | None, *,
+                         trust_torchscript: bool = False) -> "VisualFeatureExtractor":
+    """redifu's visual extractor that remakes the recorded visual features from raw video.
+
+    Raises:
+        ValueError: the message says why raw video cannot be described the way the training
+            video was (nothing recorded, a descriptor redifu cannot compute, such as the
+            features of a converted pickle, other settings, an untrusted or changed TorchScript
+            file, the video extra or the MTCNN weights missing).
+    """
+    if not recorded:
+        raise ValueError("this model's checkpoint does not record how its visual features were made; "
+                         "give 'visual_npy' vectors made the way its training features were")
+    from redifu.features.descriptors import DESCRIPTORS, build_descriptor
+
+    settings = dict(recorded.get("settings") or {})
+    kind = settings.get("descriptor")
+    if recorded.get("verified") is False or kind not in DESCRIPTORS:
+        raise ValueError(f"the model was trained on visual features from {describe_extractor(recorded)}, which "
+                         f"redifu cannot compute (it computes {', '.join(DESCRIPTORS)} descriptors of MTCNN faces); "
+                         f"give 'visual_npy'")
+    from redifu.features.faces import FaceDetector
+    from redifu.features.video import VisualFeatureExtractor
+
+    descriptor_keys = {"descriptor", "crop_size", "cell", "block", "orientations", "block_norm", "geometry", "path",
+                       "sha256", "normalization"}
+    chosen = {k: v for k, v in settings.items() if k in descriptor_keys}
+    detector = {k: v for k, v in (settings.get("detector") or {}).items() if k != "detector"}
+    tracking = settings.get("tracking") or {}
+    try:
+        descriptor = build_descriptor(chosen, trust_torchscript=trust_torchscript)
+        extractor = VisualFeatureExtractor(
+            descriptor, fps=settings.get("fps", 3.0), max_frames=settings.get("max_frames", 24),
+            max_side=settings.get("max_side", 640), track_iou=tracking.get("iou", 0.3),
+            detector=FaceDetector(**detector))
+        info = extractor.info
+    except ImportError as error:
+        raise ValueError(str(error)) from None
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"the model's visual extractor {describe_extractor(recorded)} cannot be rebuilt: {error}") \
+            from None
+    problem = extractor_problem("visual", info.name, recorded)
+    if problem is not None:
+        raise ValueError(f"redifu's {problem}")
+    _check_settings_and_version("visual", info.name, recorded, info)
     return extractor

@@ -41,6 +41,12 @@ class Predictor:
         allow_unverified: Compute (or accept declared) features with redifu's own extractor of
             the kind a feature file's authors report for the training features (see
             :func:`~redifu.predict.compatibility.extractor_problem`); off by default.
+        trust_torchscript: Load the TorchScript face model that the recorded visual extractor
+            names, to describe ``video_path`` rows (loading it runs the code saved in it); off by
+            default.
+
+    A ``video_path`` clip where no face is found, and a row flagged ``visual_missing``, gets the
+    model's training mean of the visual features (what its standardisation maps to zero).
 
     A dialogue with more distinct speakers than the model has speaker slots is refused with a
     :class:`DataError` (speakers take slots in order of first appearance).
@@ -56,6 +62,7 @@ class Predictor:
         text_encoder: "TextEncoder | None" = None,
         batch_size: int = 16,
         allow_unverified: bool = False,
+        trust_torchscript: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -67,6 +74,7 @@ class Predictor:
         self.extractors = {m: dict(e) for m, e in (extractors or {}).items() if m in model.config.modalities}
         self.batch_size = int(batch_size)
         self.allow_unverified = bool(allow_unverified)
+        self.trust_torchscript = bool(trust_torchscript)
         self._text_encoder = text_encoder
         self._checked_encoder = False
         self._bundled_encoder: Path | None = None
@@ -82,6 +90,7 @@ class Predictor:
         text_encoder: "TextEncoder | None" = None,
         batch_size: int = 16,
         allow_unverified: bool = False,
+        trust_torchscript: bool = False,
     ) -> "Predictor":
         """Load a checkpoint directory, or a model shipped with the package by name (``None``: the
         default one, :data:`redifu.pretrained.DEFAULT_MODEL`); offline. Refuses a checkpoint whose
@@ -98,7 +107,8 @@ class Predictor:
         check_recorded_extractors(str(directory), config.modalities, config.modality_dims,
                                   checkpoint.run.modalities, checkpoint.run.extractors)
         predictor = cls(checkpoint.model, checkpoint.classes, extractors=checkpoint.run.extractors, device=device,
-                        text_encoder=text_encoder, batch_size=batch_size, allow_unverified=allow_unverified)
+                        text_encoder=text_encoder, batch_size=batch_size, allow_unverified=allow_unverified,
+                        trust_torchscript=trust_torchscript)
         predictor.source = directory
         predictor.card = read_card(directory)
         bundled = directory / BUNDLED_ENCODER
@@ -146,13 +156,21 @@ class Predictor:
         modalities, sizes, extractors and speaker slots."""
         return read_conversations(path, on_error=on_error, feature_dims=self.feature_dims,
                                   extractors=self.extractors, allow_unverified=self.allow_unverified,
-                                  num_speakers=self.model.config.num_speakers)
+                                  num_speakers=self.model.config.num_speakers, missing_fill=self.training_means,
+                                  trust_torchscript=self.trust_torchscript)
+
+    @property
+    def training_means(self) -> dict[str, np.ndarray]:
+        """Per non-text modality, the training mean the model standardises with (put in place of
+        a missing vector)."""
+        return {m: self.model.encoders[m].feature_mean.detach().cpu().numpy().astype(np.float32)
+                for m in self.modalities if m != "text"}
 
     def read_rows(self, rows: Iterable, *, source: str = "rows", on_error: str = "fail") -> ConversationReader:
         """:func:`~redifu.predict.rows.read_rows` (rows in memory) with the checks of :meth:`read`."""
         return read_rows(rows, source=source, on_error=on_error, feature_dims=self.feature_dims,
                          extractors=self.extractors, allow_unverified=self.allow_unverified,
-                         num_speakers=self.model.config.num_speakers)
+                         num_speakers=self.model.config.num_speakers, missing_fill=self.training_means)
 
     def predict(self, dialogue: Sequence[InputUtterance] | Mapping, *, explain: bool = False) -> list[UtterancePrediction]:
         """Predict every utterance of one dialogue.

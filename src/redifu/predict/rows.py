@@ -15,7 +15,13 @@ Columns:
   ``eGeMAPSv02``, a text model name), compared with the extractor a checkpoint records
   (:mod:`redifu.predict.compatibility`);
 - ``audio_path``: an audio file (wav/flac, or mp4/m4a/mkv/... through PyAV), with optional
-  ``start``/``end`` (seconds or ``HH:MM:SS,mmm``) for one file per dialogue.
+  ``start``/``end`` (seconds or ``HH:MM:SS,mmm``) for one file per dialogue;
+- ``video_path``: a video file (mp4/mkv/avi/... through PyAV), with the same ``start``/``end``
+  (they select the utterance in both files when a row gives both);
+- ``<m>_missing`` (``visual_missing``): the utterance has no ``m`` features (``redifu features
+  extract`` writes it, with the reason, for an utterance where no face was found); a model
+  reading it gets its training mean of ``m`` in their place (what its standardisation maps to
+  zero: the modality says nothing), as for an utterance of ``video_path`` without a face.
 
 Relative paths are resolved against the file's own folder. Other columns are kept (in
 :attr:`InputUtterance.columns`) and written back by :class:`RowWriter`. A file without rows
@@ -45,12 +51,13 @@ import numpy as np
 
 from redifu.errors import MODALITIES, DataError
 from redifu.files import atomic_file
-from redifu.predict.compatibility import audio_extractor_for, extractor_problem, size_problem
+from redifu.predict.compatibility import audio_extractor_for, extractor_problem, size_problem, visual_extractor_for
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "AUDIO_PATH_COLUMN",
+    "VIDEO_PATH_COLUMN",
     "INPUT_FORMATS",
     "ON_ERROR",
     "REQUIRED_COLUMNS",
@@ -58,8 +65,10 @@ __all__ = [
     "AudioClip",
     "ConversationReader",
     "InputUtterance",
+    "MediaClip",
     "RowWriter",
     "extractor_column",
+    "missing_column",
     "npy_column",
     "read_conversations",
     "read_rows",
@@ -72,6 +81,7 @@ ROW_FORMATS = {".jsonl": "jsonl", ".csv": "csv"}
 ON_ERROR = ("fail", "skip")
 REQUIRED_COLUMNS = ("dialogue_id", "utterance", "speaker")
 AUDIO_PATH_COLUMN = "audio_path"
+VIDEO_PATH_COLUMN = "video_path"
 SEGMENT_COLUMNS = ("start", "end")
 _DIALOGUE_ID_GUESS = re.compile(r'"dialogue_id"\s*:\s*(?:"((?:[^"\\]|\\.)*)"|(-?\d+))')
 
@@ -86,18 +96,27 @@ def extractor_column(modality: str) -> str:
     return f"{modality}_extractor"
 
 
-SCHEMA_COLUMNS = frozenset((*REQUIRED_COLUMNS, AUDIO_PATH_COLUMN, *SEGMENT_COLUMNS, *MODALITIES,
-                            *map(npy_column, MODALITIES), *map(extractor_column, MODALITIES)))
+def missing_column(modality: str) -> str:
+    """The column flagging a modality as missing for the utterance (its value: the reason)."""
+    return f"{modality}_missing"
+
+
+SCHEMA_COLUMNS = frozenset((*REQUIRED_COLUMNS, AUDIO_PATH_COLUMN, VIDEO_PATH_COLUMN, *SEGMENT_COLUMNS, *MODALITIES,
+                            *map(npy_column, MODALITIES), *map(extractor_column, MODALITIES),
+                            *map(missing_column, MODALITIES)))
 
 
 @dataclass(frozen=True)
-class AudioClip:
-    """An utterance's audio: a file, or the ``start``..``end`` segment of one (``None``: the
-    file's start or end)."""
+class MediaClip:
+    """An utterance's audio or video: a file, or the ``start``..``end`` segment of one (``None``:
+    the file's start or end)."""
 
     path: Path
     start: float | str | None = None
     end: float | str | None = None
+
+
+AudioClip = MediaClip
 
 
 @dataclass
@@ -113,6 +132,9 @@ class InputUtterance:
         extractors: Per modality, the declared name of the extractor that made its vector
             (checked against the checkpoint's recorded extractor; optional).
         audio: The row's ``audio_path`` (and ``start``/``end``), when it gives one.
+        video: The row's ``video_path`` (and ``start``/``end``), when it gives one.
+        missing: Per modality without features for this utterance, the reason (its vector in
+            ``features``, if any, is the model's training mean put in its place).
         sources: Per modality, the ``.npy`` file its vector was read from.
         columns: The row's other columns, as read.
         line: The line of the file it was read from (``None``: not read from a file).
@@ -124,10 +146,12 @@ class InputUtterance:
     text: str | None
     features: dict[str, np.ndarray] = field(default_factory=dict)
     extractors: dict[str, str] = field(default_factory=dict)
-    audio: AudioClip | None = None
+    audio: MediaClip | None = None
     sources: dict[str, Path] = field(default_factory=dict)
     columns: dict[str, Any] = field(default_factory=dict)
     line: int | None = None
+    video: MediaClip | None = None
+    missing: dict[str, str] = field(default_factory=dict)
 
 
 class _RowError(Exception):
@@ -221,6 +245,8 @@ class ConversationReader(Iterator[list[InputUtterance]]):
         extractors: Mapping[str, Mapping] | None = None,
         allow_unverified: bool = False,
         num_speakers: int | None = None,
+        missing_fill: Mapping[str, np.ndarray] | None = None,
+        trust_torchscript: bool = False,
     ) -> None:
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
@@ -246,6 +272,11 @@ class ConversationReader(Iterator[list[InputUtterance]]):
         self.allow_unverified = bool(allow_unverified)
         self.num_speakers = num_speakers
         self._audio_extractor = None
+        self._visual_extractor = None
+        self.missing_fill = {m: np.asarray(v, dtype=np.float32) for m, v in (missing_fill or {}).items()}
+        self.trust_torchscript = bool(trust_torchscript)
+        self.missing: dict[str, int] = {}
+        """Per modality, the utterances read without its features (filled with the training mean)."""
         self._seen_dims: dict[str, int] = {}
         self.dialogues = self.rows = self.skipped_dialogues = self.skipped_rows = 0
         self._iterator = self._read()
@@ -402,21 +433,37 @@ class ConversationReader(Iterator[list[InputUtterance]]):
             if problem is not None:
                 raise fail(extractor_column(modality), problem)
             declared[modality] = name
-        audio = None
-        if row.get(AUDIO_PATH_COLUMN) not in (None, ""):
-            value = row[AUDIO_PATH_COLUMN]
-            if not isinstance(value, str):
-                raise fail(AUDIO_PATH_COLUMN, f"must be a path, got {_short(value)}")
-            times = []
-            for name in SEGMENT_COLUMNS:
-                try:
-                    times.append(_segment_time(row.get(name)))
-                except ValueError as error:
-                    raise fail(name, str(error)) from None
-            audio = AudioClip(_resolve(value, self._folder(fail, AUDIO_PATH_COLUMN)), *times)
-            if "audio" not in features and self.feature_dims is not None and "audio" in self.feature_dims:
-                features["audio"] = self._extract_audio(fail, audio)
-                declared["audio"] = self._audio_extractor.info.name
+        missing: dict[str, str] = {}
+        for modality in MODALITIES:
+            flag = row.get(missing_column(modality))
+            if flag in (None, "", False, "false", "0", 0):
+                continue
+            if modality == "text":
+                raise fail(missing_column(modality), "text cannot be missing (it is the main stream)")
+            if modality in features:
+                raise fail(missing_column(modality), f"flags {modality} as missing, but the row gives its vector")
+            missing[modality] = flag if isinstance(flag, str) and flag not in ("true", "1") else "missing"
+        audio = self._clip(fail, row, AUDIO_PATH_COLUMN)
+        video = self._clip(fail, row, VIDEO_PATH_COLUMN)
+        if audio is not None and "audio" not in features and self.feature_dims is not None \
+                and "audio" in self.feature_dims:
+            features["audio"] = self._extract_audio(fail, audio)
+            declared["audio"] = self._audio_extractor.info.name
+        if video is not None and "visual" not in features and "visual" not in missing \
+                and self.feature_dims is not None and "visual" in self.feature_dims:
+            vector = self._extract_visual(fail, video)
+            if vector is None:
+                missing["visual"] = "no face found"
+            else:
+                features["visual"] = vector
+                declared["visual"] = self._visual_extractor.info.name
+        for modality in missing:
+            if self.feature_dims is not None and modality in self.feature_dims:
+                if modality not in self.missing_fill:
+                    raise fail(missing_column(modality), f"{modality} is missing ({missing[modality]}) and the model "
+                               f"gives no training mean to put in its place")
+                features[modality] = self.missing_fill[modality]
+                self.missing[modality] = self.missing.get(modality, 0) + 1
         if text is None and "text" not in features:
             raise fail("text", "missing (give the transcript, or a precomputed 'text' vector or 'text_npy')")
         if self.feature_dims is not None:
@@ -426,7 +473,37 @@ class ConversationReader(Iterator[list[InputUtterance]]):
                                f"needs all of them for every utterance")
         return InputUtterance(dialogue_id=dialogue_id, index=order, speaker=str(speaker), text=text,
                               features=features, extractors=declared, audio=audio, sources=sources,
-                              columns={k: v for k, v in row.items() if k not in SCHEMA_COLUMNS}, line=line)
+                              columns={k: v for k, v in row.items() if k not in SCHEMA_COLUMNS}, line=line,
+                              video=video, missing=missing)
+
+    def _clip(self, fail, row: Mapping, column: str) -> MediaClip | None:
+        """The row's ``column`` (``audio_path`` / ``video_path``) with its ``start``/``end``."""
+        value = row.get(column)
+        if value in (None, ""):
+            return None
+        if not isinstance(value, str):
+            raise fail(column, f"must be a path, got {_short(value)}")
+        times = []
+        for name in SEGMENT_COLUMNS:
+            try:
+                times.append(_segment_time(row.get(name)))
+            except ValueError as error:
+                raise fail(name, str(error)) from None
+        return MediaClip(_resolve(value, self._folder(fail, column)), *times)
+
+    def _extract_visual(self, fail, clip: MediaClip) -> np.ndarray | None:
+        """Features of ``clip`` made with the visual extractor the model was trained on (``None``: no face)."""
+        if self._visual_extractor is None:
+            try:
+                self._visual_extractor = visual_extractor_for(self.extractors.get("visual"),
+                                                              trust_torchscript=self.trust_torchscript)
+            except ValueError as error:
+                raise fail(VIDEO_PATH_COLUMN, str(error)) from None
+        try:
+            vector = self._visual_extractor.extract_file(clip.path, clip.start, clip.end)
+        except (DataError, ValueError) as error:
+            raise fail(VIDEO_PATH_COLUMN, str(error)) from None
+        return None if vector is None else self._vector(fail, VIDEO_PATH_COLUMN, vector, modality="visual")
 
     def _extract_audio(self, fail, clip: AudioClip) -> np.ndarray:
         """Features of ``clip`` made with the extractor the model was trained on."""
@@ -551,6 +628,8 @@ def read_conversations(
     extractors: Mapping[str, Mapping] | None = None,
     allow_unverified: bool = False,
     num_speakers: int | None = None,
+    missing_fill: Mapping[str, np.ndarray] | None = None,
+    trust_torchscript: bool = False,
 ) -> ConversationReader:
     """Stream the dialogues of a JSON Lines or CSV file (format by extension), one list each.
 
@@ -570,13 +649,17 @@ def read_conversations(
             file's authors.
         num_speakers: The model's speaker slots: a dialogue with more distinct speakers is a
             bad row (at the first speaker without a slot). ``None``: not checked.
+        missing_fill: Per modality, the vector put in place of a missing one (the model's
+            training mean): for ``<m>_missing`` rows and ``video_path`` clips without a face.
+        trust_torchscript: Allow loading the TorchScript face model a visual extractor records.
 
     Returns:
         A :class:`ConversationReader`: an iterator of dialogues (utterances sorted by order).
         Reading a file without rows raises :class:`DataError`.
     """
     return ConversationReader(path, on_error=on_error, feature_dims=feature_dims, extractors=extractors,
-                              allow_unverified=allow_unverified, num_speakers=num_speakers)
+                              allow_unverified=allow_unverified, num_speakers=num_speakers,
+                              missing_fill=missing_fill, trust_torchscript=trust_torchscript)
 
 
 def read_rows(
@@ -588,16 +671,18 @@ def read_rows(
     extractors: Mapping[str, Mapping] | None = None,
     allow_unverified: bool = False,
     num_speakers: int | None = None,
+    missing_fill: Mapping[str, np.ndarray] | None = None,
 ) -> ConversationReader:
     """:func:`read_conversations` for rows already in memory (decoded JSON objects, say from an
     HTTP request), checked the same way.
 
     Messages name a row as ``SOURCE[INDEX]`` (its 0-based position in ``rows``) instead of a file
-    and line. Rows in memory name no files: ``<modality>_npy`` and ``audio_path`` are refused
-    (give vectors inline), so a caller cannot make the reader open paths.
+    and line. Rows in memory name no files: ``<modality>_npy``, ``audio_path`` and ``video_path``
+    are refused (give vectors inline), so a caller cannot make the reader open paths.
     """
     return ConversationReader(rows=rows, source=source, on_error=on_error, feature_dims=feature_dims,
-                              extractors=extractors, allow_unverified=allow_unverified, num_speakers=num_speakers)
+                              extractors=extractors, allow_unverified=allow_unverified, num_speakers=num_speakers,
+                              missing_fill=missing_fill)
 
 
 # -- writing ----------------------------------------------------------------------------------
@@ -617,17 +702,21 @@ def utterance_row(utterance: InputUtterance, folder: Path, *, npy_paths: Mapping
         row["text"] = utterance.text
     paths = {**utterance.sources, **(npy_paths or {})}
     for modality in MODALITIES:
+        if modality in utterance.missing:
+            row[missing_column(modality)] = utterance.missing[modality]
+            continue
         if modality in paths:
             row[npy_column(modality)] = os.path.relpath(paths[modality], folder).replace(os.sep, "/")
         elif modality in utterance.features:
             row[modality] = utterance.features[modality].tolist()
         if modality in utterance.extractors:
             row[extractor_column(modality)] = utterance.extractors[modality]
-    if utterance.audio is not None:
-        row[AUDIO_PATH_COLUMN] = os.path.relpath(utterance.audio.path, folder).replace(os.sep, "/")
-        for name, value in zip(SEGMENT_COLUMNS, (utterance.audio.start, utterance.audio.end)):
-            if value is not None:
-                row[name] = value
+    for column, clip in ((AUDIO_PATH_COLUMN, utterance.audio), (VIDEO_PATH_COLUMN, utterance.video)):
+        if clip is not None:
+            row[column] = os.path.relpath(clip.path, folder).replace(os.sep, "/")
+            for name, value in zip(SEGMENT_COLUMNS, (clip.start, clip.end)):
+                if value is not None:
+                    row[name] = value
     row.update(utterance.columns)
     return row
 
