@@ -431,6 +431,23 @@ def start_server(arguments: list[str], cwd: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def wait_until_healthy(server: subprocess.Popen, url: str, timeout: float) -> None:
+    """Poll ``url``/health until 200; fails the test with the server's stderr if it exits or times out."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            pytest.fail(f"redifu serve did not start: {server.communicate()[1][-2000:]}")
+        time.sleep(0.3)
+
+
 @pytest.mark.integration
 def test_redifu_serve_runs_uvicorn_and_stops_cleanly(tmp_path):
     import httpx
@@ -440,15 +457,7 @@ def test_redifu_serve_runs_uvicorn_and_stops_cleanly(tmp_path):
     server = start_server(["--checkpoint", str(checkpoint), "--port", str(port), "--max-body", "0.01"], tmp_path)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, server.communicate()[1][-2000:]
-            time.sleep(0.3)
+        wait_until_healthy(server, url, 120)
         vectors = [{"speaker": "A", "text": [0.1] * 16}, {"speaker": "B", "text": [0.2] * 16}]
         answer = httpx.post(f"{url}/predict", json={"utterances": vectors}).json()
         expected = Predictor.from_pretrained(checkpoint, device="cpu").predict({"utterances": vectors})

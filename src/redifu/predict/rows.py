@@ -493,31 +493,27 @@ class ConversationReader(Iterator[list[InputUtterance]]):
 
     def _extract_visual(self, fail, clip: MediaClip) -> np.ndarray | None:
         """Features of ``clip`` made with the visual extractor the model was trained on (``None``: no face)."""
-        if self._visual_extractor is None:
-            try:
-                self._visual_extractor = visual_extractor_for(self.extractors.get("visual"),
-                                                              trust_torchscript=self.trust_torchscript)
-            except ValueError as error:
-                raise fail(VIDEO_PATH_COLUMN, str(error)) from None
-        try:
-            vector = self._visual_extractor.extract_file(clip.path, clip.start, clip.end)
-        except (DataError, ValueError) as error:
-            raise fail(VIDEO_PATH_COLUMN, str(error)) from None
-        return None if vector is None else self._vector(fail, VIDEO_PATH_COLUMN, vector, modality="visual")
+        return self._extract(fail, clip, VIDEO_PATH_COLUMN, "visual", lambda: visual_extractor_for(
+            self.extractors.get("visual"), trust_torchscript=self.trust_torchscript))
 
     def _extract_audio(self, fail, clip: AudioClip) -> np.ndarray:
         """Features of ``clip`` made with the extractor the model was trained on."""
-        if self._audio_extractor is None:
+        return self._extract(fail, clip, AUDIO_PATH_COLUMN, "audio", lambda: audio_extractor_for(
+            self.extractors.get("audio"), allow_unverified=self.allow_unverified))
+
+    def _extract(self, fail, clip: MediaClip, column: str, modality: str, make) -> np.ndarray | None:
+        """``clip`` through this modality's extractor (built by ``make`` on first use); errors name ``column``."""
+        attribute = f"_{modality}_extractor"
+        if getattr(self, attribute) is None:
             try:
-                self._audio_extractor = audio_extractor_for(self.extractors.get("audio"),
-                                                            allow_unverified=self.allow_unverified)
+                setattr(self, attribute, make())
             except ValueError as error:
-                raise fail(AUDIO_PATH_COLUMN, str(error)) from None
+                raise fail(column, str(error)) from None
         try:
-            vector = self._audio_extractor.extract_file(clip.path, clip.start, clip.end)
+            vector = getattr(self, attribute).extract_file(clip.path, clip.start, clip.end)
         except (DataError, ValueError) as error:
-            raise fail(AUDIO_PATH_COLUMN, str(error)) from None
-        return self._vector(fail, AUDIO_PATH_COLUMN, vector, modality="audio")
+            raise fail(column, str(error)) from None
+        return None if vector is None else self._vector(fail, column, vector, modality=modality)
 
     def _vector(self, fail, name: str, value: Any, *, modality: str | None = None) -> np.ndarray:
         modality = modality or name
