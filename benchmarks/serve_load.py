@@ -211,7 +211,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 label = "off (max-batch 1)" if max_batch == 1 else f"max-batch {max_batch}, wait {wait_ms:g} ms"
             server = {"batching": label, "rss_start_mb": rss_mb(pid)}
             try:
-                for size in args.sizes:
+                for size in [size for _ in range(args.rounds) for size in args.sizes]:
                     bodies = Bodies(size, transcripts=args.transcripts, text_dim=text_dim, seed=size)
                     asyncio.run(load(url, bodies, clients=args.clients, seconds=args.warmup, timeout=args.timeout))
                     measured = asyncio.run(load(url, bodies, clients=args.clients, seconds=args.seconds,
@@ -223,6 +223,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "p50_ms": percentile(measured.latencies_ms, 50),
                         "p99_ms": percentile(measured.latencies_ms, 99),
                         "errors": measured.errors, "first_error": measured.first_error,
+                        "rss_mb": rss_mb(pid),
                     })
                     print(f"[serve_load] {label}, {size} utterances: {measured.requests} requests, "
                           f"{measured.errors} errors", file=sys.stderr, flush=True)
@@ -247,9 +248,9 @@ def render(result: dict[str, Any], command: str = "python benchmarks/serve_load.
         f"command: {command}",
         "",
         bc.table(["batching", "utterances / request", "requests", "requests/s", "utterances/s", "p50 ms", "p99 ms",
-                  "errors"],
+                  "errors", "server RSS after (MB)"],
                  [[r["batching"], r["utterances"], r["requests"], r["requests_per_s"], r["utterances_per_s"],
-                   r["p50_ms"], r["p99_ms"], r["errors"]] for r in result["rows"]]),
+                   r["p50_ms"], r["p99_ms"], r["errors"], r.get("rss_mb")] for r in result["rows"]]),
         "",
         bc.table(["batching", "server RSS at start (MB)", "server RSS at end (MB)"],
                  [[s["batching"], s["rss_start_mb"], s.get("rss_end_mb")] for s in result["servers"]]),
@@ -272,6 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[5, 20, 80], help="utterances per request")
     parser.add_argument("--batching", nargs="+", default=["1:0", "8:5"], metavar="MAX_BATCH:WAIT_MS",
                         help="server settings to compare (default: 1:0 = no batching, 8:5)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the request sizes this many times over (memory after each: flat or growing)")
     parser.add_argument("--transcripts", action="store_true", help="send new sentences (the server encodes them)")
     parser.add_argument("--threads", type=int, default=1,
                         help="the server's torch threads (default 1: on 2 cores the clients and the server's own "
