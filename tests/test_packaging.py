@@ -174,6 +174,15 @@ def test_the_wheel_ships_the_serve_page(wheel):
 
 
 @pytest.mark.integration
+def test_the_wheel_ships_the_pretrained_model(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    model = PACKAGE / "pretrained" / "meld-text"
+    shipped = {f"redifu/pretrained/meld-text/{p.relative_to(model).as_posix()}" for p in model.rglob("*") if p.is_file()}
+    assert "redifu/pretrained/meld-text/text-encoder/adapter.safetensors" in shipped
+    assert shipped <= names
+
+
+@pytest.mark.integration
 def test_the_installed_wheel_trains_from_a_shipped_config_outside_the_repository(wheel, tmp_path):
     target = tmp_path / "site"
     result = _pip("install", "--no-deps", "-q", "--target", str(target), str(wheel), cwd=tmp_path)
