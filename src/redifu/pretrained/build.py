@@ -38,10 +38,11 @@ LIMITS = [
     "Not for decisions about people (hiring, health, policing, surveillance): the scores above are the "
     "evidence of what it can do, and they are far from perfect.",
 ]
-LICENCE = ("MELD (Poria et al., 2019) is distributed under the GPL-3.0 licence. These weights are derived "
-           "from it; we distribute them under the same terms (GPL-3.0-or-later, like the project's treatment of "
-           "the data), so redistributing the weights or a modified version must keep them under GPL-3.0 with this "
-           "notice. The base encoder all-MiniLM-L6-v2 is Apache-2.0.")
+LICENCE = ("MELD (Poria et al., 2019) is distributed under the GNU GPL-3.0. These weights were trained on it, "
+           "so we treat them as derived from it and distribute them under GPL-3.0 too, apart from the code's MIT "
+           "licence: you may use, change and redistribute them, but whatever you redistribute that contains them "
+           "(this model or one fine-tuned from it) must be under GPL-3.0 as well, with its source and this notice. "
+           "Predictions you make with the model are yours. The base encoder all-MiniLM-L6-v2 is Apache-2.0.")
 
 
 def _split_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
