@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import redifu.nn.kernels.attention as mea
-from conftest import TINY_DIMS, make_tiny_config
+from conftest import TINY_DATA_OVERRIDES, TINY_DIMS, TINY_MODEL_OVERRIDES, make_tiny_config
+from redifu.config import load_config
 from redifu.data.batching import DialogueDataset, collate_dialogues
 from redifu.errors import ConfigError
+from redifu.experiments.grid import load_grid
+from redifu.features.context import future_context_problem
 from redifu.model import ReDiFu
+from redifu.training.run import train
 from redifu.nn.attention import causal_attention_mask
 from redifu.nn.relation_graph import build_relation_graph, graph_relation_names, num_graph_relations
 
@@ -154,3 +160,51 @@ def test_chunked_dropout_attention_with_a_per_query_mask_equals_pytorch_math_pat
     grad = torch.randn(out.shape, generator=g)
     for got, want in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(expected, (q, k, v), grad)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("live,base", [("meld-text-live", "meld-text"), ("emorynlp-text-live", "emorynlp-text"),
+                                       ("default-live", "default"), ("synthetic-meld-live", "synthetic-meld")])
+def test_shipped_live_configs_are_their_recipe_plus_causal(live, base):
+    live_config, base_config = load_config(REPO / "configs" / f"{live}.yaml"), load_config(REPO / "configs" / f"{base}.yaml")
+    assert live_config.data == base_config.data and live_config.training == base_config.training
+    extra = {k: v for k, v in live_config.model.items() if base_config.model.get(k) != v}
+    assert extra.pop("causal") is True and set(extra) <= {"attention_window"}
+    assert set(base_config.model) - set(live_config.model) == set()
+
+
+def test_the_live_grid_compares_causal_with_the_full_text_path():
+    grid = load_grid(REPO / "grids" / "live.yaml")
+    real_text = load_grid(REPO / "grids" / "real-text.yaml")
+    assert grid.baseline == "ReDiFu text path" and list(grid.seeds) == [1, 2, 3]
+    assert grid.ablation == [(("meld-text-ft", "emorynlp-text-ft"), ("causal",))]
+    for name, dataset in grid.datasets.items():
+        assert dataset == real_text.datasets[name]
+    cells = list(grid.plan())
+    assert {(c.dataset, c.variant) for c in cells} == {(d, v) for d in grid.datasets for v in grid.variants}
+    for cell in cells:
+        config = load_config(grid.datasets[cell.dataset].config, grid.cell_overrides(cell))
+        assert config.model.get("causal", False) is (cell.variant == "causal")
+        assert config.training.patience == 5
+
+
+def _corpus_with_text_context(tiny_corpus, future):
+    extractor = {"name": "runs/encoders/meld-text", "settings": {"context": {"past": 2, "future": future}}}
+    return dataclasses.replace(tiny_corpus, provenance={**tiny_corpus.provenance,
+                                                         "extractors": {"text": extractor}})
+
+
+def test_train_refuses_future_context_features_for_a_causal_model(tiny_corpus, tmp_path):
+    config = load_config(None, [*TINY_DATA_OVERRIDES, *TINY_MODEL_OVERRIDES, "model.causal=true"])
+    with pytest.raises(ConfigError, match=r"^model\.causal: the text features come from .*future=2.*future=0") as caught:
+        train(config, tmp_path / "run", corpus=_corpus_with_text_context(tiny_corpus, 2))
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_past_only_context_features_pass_the_causal_check(tiny_corpus):
+    assert future_context_problem(_corpus_with_text_context(tiny_corpus, 0).provenance["extractors"]["text"]) is None
+    assert future_context_problem(None) is None
+    assert "future=1" in future_context_problem({"name": "x", "settings": {"context": {"future": 1}}})

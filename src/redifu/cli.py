@@ -427,6 +427,15 @@ def _add_visual_options(parser: argparse.ArgumentParser) -> None:
                         help="frames sampled per second of each utterance (default: 3)")
 
 
+class _WholeNamesHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Never breaks a line inside a hyphenated name (``meld-text-live``)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from redifu.config import shipped_configs
 
@@ -446,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
         "model (a few minutes on 2 CPU cores). The checkpoint is selected on dev weighted F1 and the "
         "test split is evaluated once, at that checkpoint.",
         epilog=EPILOG_TRAIN,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_WholeNamesHelpFormatter,
     )
     train.add_argument("--config", metavar="NAME|FILE",
                        help="a shipped config by name (" + ", ".join(shipped_configs()) + ") or a YAML file "
