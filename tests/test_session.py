@@ -74,3 +74,117 @@ def test_what_a_session_keeps_is_bounded_by_the_windows():
 def test_incremental_evaluation_refuses_a_full_model(tiny_config):
     with pytest.raises(ValueError, match="needs a causal model"):
         IncrementalReDiFu(ReDiFu(tiny_config))
+
+
+# Predictor.session ----------------------------------------------------------------------------
+
+import numpy as np  # noqa: E402
+
+from redifu.errors import CheckpointError, DataError  # noqa: E402
+from redifu.predict import Predictor  # noqa: E402
+
+CLASSES = ("neutral", "happy", "angry")
+WORDS = ["yes", "no", "great", "awful", "maybe", "sure", "wait", "what"]
+
+
+class PastContextEncoder:
+    """A stand-in context-aware text encoder: utterance t's vector mixes its text with the two
+    utterances before it (as a fine-tuned encoder with ``past=2, future=0`` would). It records the
+    dialogues it was asked to encode."""
+
+    model_name, version = "stand-in", "1"
+
+    def __init__(self, dim=16, past=2):
+        self.dim, self.past, self.calls = dim, past, []
+
+    def _vector(self, text):
+        seed = sum(ord(c) * (i + 1) for i, c in enumerate(text))
+        return np.random.default_rng(seed).normal(size=self.dim).astype(np.float32)
+
+    def encode_dialogues(self, dialogues):
+        self.calls.extend(len(d) for d in dialogues)
+        rows = []
+        for dialogue in dialogues:
+            for t in range(len(dialogue)):
+                context = dialogue[max(0, t - self.past):t + 1]
+                rows.append(sum((0.5 ** (len(context) - 1 - i)) * self._vector(f"{s}: {x}")
+                                for i, (s, x) in enumerate(context)))
+        return np.stack(rows)
+
+
+def _predictor(dims, *, causal=True, future=0, **changes):
+    torch.manual_seed(0)
+    options = dict(modality_dims=dims, num_classes=3, num_speakers=3, hidden_size=16, num_heads=2, dropout=0.1,
+                   window=3, graph_layers=2, fusion_layers=2, causal=causal)
+    if causal:
+        options["attention_window"] = 4
+    options.update(changes)
+    model = ReDiFu(make_tiny_config(**options))
+    extractor = {"name": "runs/encoders/stand-in", "version": "1",
+                 "settings": {"context": {"past": 2, "future": future}}}
+    return Predictor(model, CLASSES, extractors={"text": extractor}, device="cpu",
+                     text_encoder=PastContextEncoder(dims["text"]))
+
+
+def _lines(count=30, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(["Ann", "Bob", "Cy"][int(rng.integers(3))], " ".join(rng.choice(WORDS, 3))) for _ in range(count)]
+
+
+def test_a_session_predicts_each_utterance_as_the_whole_prefix_does():
+    predictor = _predictor({"text": 16})
+    session = predictor.session(dialogue_id="call")
+    lines = _lines()
+    for t, (speaker, text) in enumerate(lines):
+        live = session.add(speaker=speaker, text=text)
+        prefix = predictor.predict([{"speaker": s, "text": x} for s, x in lines[:t + 1]])[-1]
+        assert (live.dialogue_id, live.index, live.speaker, live.label) == ("call", t, speaker, prefix.label)
+        for c in CLASSES:
+            assert live.probabilities[c] == pytest.approx(prefix.probabilities[c], abs=1e-5)
+    encoder = predictor.text_encoder
+    session_calls = encoder.calls[::2]  # session and prefix calls alternate
+    assert max(session_calls) == 3  # the new utterance and the two before it: the encoder's past, never more
+
+
+def test_a_three_modality_session_takes_feature_vectors():
+    dims = {"text": 16, "audio": 6, "visual": 5}
+    predictor = _predictor(dims, denoiser="temporal", graph="modality+cross", cross_window=1)
+    rng = np.random.default_rng(1)
+    rows = [{"speaker": ["Ann", "Bob"][t % 2], **{m: rng.normal(size=d).tolist() for m, d in dims.items()}}
+            for t in range(25)]
+    session = predictor.session()
+    for t, row in enumerate(rows):
+        live = session.add(**row)
+        prefix = predictor.predict(rows[:t + 1])[-1]
+        assert live.label == prefix.label
+        assert [live.probabilities[c] for c in CLASSES] == pytest.approx([prefix.probabilities[c] for c in CLASSES],
+                                                                         abs=1e-5)
+
+
+def test_a_bad_utterance_is_a_one_line_error_and_the_session_goes_on():
+    predictor = _predictor({"text": 16, "audio": 4})
+    session = predictor.session()
+    first = session.add("Ann", [0.1] * 16, audio=[0.0] * 4)
+    for bad, match in [(dict(speaker="Bob", text=[0.1] * 16), "field 'audio': missing"),
+                       (dict(speaker="Bob", text=[0.1] * 3, audio=[0.0] * 4), "field 'text'"),
+                       (dict(speaker="Bob", audio=[0.0] * 4), "field 'text': missing"),
+                       (dict(speaker="", text="hi", audio=[0.0] * 4), "field 'speaker'"),
+                       (dict(speaker="Bob", text="hi", audio=[0.0] * 4, mood="x"), "field 'mood': unknown")]:
+        with pytest.raises(DataError, match=match) as caught:
+            session.add(**bad)
+        assert "\n" not in str(caught.value)
+    assert session.utterances == 1
+    for name in ("Bob", "Cy"):
+        session.add(name, [0.2] * 16, audio=[0.0] * 4)
+    with pytest.raises(DataError, match="distinct speaker number 4"):
+        session.add("Dee", [0.2] * 16, audio=[0.0] * 4)
+    assert session.add("Ann", [0.1] * 16, audio=[0.0] * 4).index == 3 and first.index == 0
+
+
+@pytest.mark.parametrize("causal,future,match", [(False, 0, "live sessions need a causal checkpoint"),
+                                                 (True, 2, "context reads 2 later utterance")])
+def test_a_session_needs_a_causal_checkpoint_with_past_only_text(causal, future, match):
+    predictor = _predictor({"text": 16}, causal=causal, future=future)
+    with pytest.raises(CheckpointError, match=match) as caught:
+        predictor.session()
+    assert "\n" not in str(caught.value)
