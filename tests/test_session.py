@@ -188,3 +188,75 @@ def test_a_session_needs_a_causal_checkpoint_with_past_only_text(causal, future,
     with pytest.raises(CheckpointError, match=match) as caught:
         predictor.session()
     assert "\n" not in str(caught.value)
+
+
+# redifu predict --live ------------------------------------------------------------------------
+
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from redifu.checkpoint import save_checkpoint  # noqa: E402
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _live_checkpoint(directory, *, causal=True):
+    torch.manual_seed(0)
+    config = make_tiny_config(modality_dims={"text": 8}, num_classes=3, num_speakers=3, causal=causal,
+                              attention_window=4 if causal else None)
+    return save_checkpoint(directory, ReDiFu(config), CLASSES)
+
+
+def _live_process(checkpoint):
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "redifu", "predict", "--live", "--checkpoint", str(checkpoint),
+                             "--device", "cpu"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_predict_live_answers_each_line_as_it_arrives(tmp_path):
+    checkpoint = _live_checkpoint(tmp_path / "ckpt")
+    rng = np.random.default_rng(0)
+    rows = [{"speaker": ["Ann", "Bob"][t % 2], "text": rng.normal(size=8).round(4).tolist()} for t in range(6)]
+    process = _live_process(checkpoint)
+    answers = []
+    try:
+        for row in rows:  # the next line is written only once the previous answer has been read
+            process.stdin.write(json.dumps(row) + "\n")
+            process.stdin.flush()
+            answers.append(json.loads(process.stdout.readline()))
+        process.stdin.write("not a row\n\n")
+        process.stdin.close()
+        process.wait(timeout=60)
+        rest, errors = process.stdout.read(), process.stderr.read()
+    finally:
+        process.kill()
+    assert process.returncode == 0 and rest == ""
+    assert errors.strip() == "redifu predict --live: line 7: expected 'Speaker: text' or a JSON object"
+    session = Predictor.from_pretrained(checkpoint, device="cpu").session()
+    for t, (row, answer) in enumerate(zip(rows, answers)):
+        expected = session.add(**row)
+        assert (answer["utterance"], answer["speaker"], answer["label"]) == (t, row["speaker"], expected.label)
+        assert answer["probabilities"] == pytest.approx(expected.probabilities, abs=1e-6)
+
+
+def test_predict_live_refuses_a_full_checkpoint_in_one_line(tmp_path):
+    process = _live_process(_live_checkpoint(tmp_path / "ckpt", causal=False))
+    _, errors = process.communicate("", timeout=60)
+    assert process.returncode != 0
+    assert errors.strip().count("\n") == 0 and "live sessions need a causal checkpoint" in errors
+
+
+def test_a_live_line_is_a_speaker_and_text_or_a_json_row():
+    from redifu.predict.live_stream import parse_live_line
+
+    assert parse_live_line("  Ann: I got the job: really!  ") == {"speaker": "Ann", "text": "I got the job: really!"}
+    assert parse_live_line('{"speaker": "Bob", "text": "no"}') == {"speaker": "Bob", "text": "no"}
+    assert parse_live_line("   ") is None
+    for bad, match in [('{"text": "x"}', "field 'speaker': missing"), ("{oops", "not JSON"), ("[1]", "expected"),
+                       (": hi", "expected 'Speaker: text'")]:
+        with pytest.raises(DataError, match=match):
+            parse_live_line(bad)
