@@ -261,6 +261,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from redifu.predict import OUTPUT_FORMATS, PredictionWriter, Predictor
 
     started = time.perf_counter()
+    if args.live:
+        return _predict_live(args)
+    if args.input is None:
+        raise UsageError("INPUT is required (or --live, to read utterances from stdin)")
     output = Path(args.output) if args.output is not None else None
     if output is not None:
         if output.suffix.lower() not in OUTPUT_FORMATS:
@@ -307,6 +311,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
           f"{time.perf_counter() - started:.1f} s -> {output}"
           + "".join(f"; {n} utterances without {m} (training mean used)" for m, n in reader.missing.items()),
           file=sys.stderr)
+    return 0
+
+
+def _predict_live(args: argparse.Namespace) -> int:
+    """``redifu predict --live``: one utterance per stdin line, its emotion printed at once."""
+    from redifu.errors import CheckpointError
+    from redifu.predict import Predictor
+    from redifu.predict.live_stream import run_live
+
+    if args.input is not None or args.output is not None:
+        raise UsageError("--live reads utterances from stdin and prints to stdout; give neither INPUT nor --output")
+    logging.getLogger("redifu.features.text").setLevel(logging.WARNING)
+    try:
+        predictor = Predictor.from_pretrained(args.checkpoint, device=args.device,
+                                              allow_unverified=args.allow_unverified_extractor)
+        session = predictor.session(dialogue_id="live")
+    except CheckpointError as error:
+        raise UsageError(f"--live: {error}") from None
+    try:
+        run_live(session, sys.stdin, sys.stdout, sys.stderr)
+    except ImportError as error:  # the text encoder's optional dependencies
+        raise UsageError(str(error)) from None
     return 0
 
 
@@ -427,6 +453,13 @@ def _add_visual_options(parser: argparse.ArgumentParser) -> None:
                         help="frames sampled per second of each utterance (default: 3)")
 
 
+class _WholeNamesHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Never breaks a line inside a hyphenated name (``meld-text-live``)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from redifu.config import shipped_configs
 
@@ -446,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
         "model (a few minutes on 2 CPU cores). The checkpoint is selected on dev weighted F1 and the "
         "test split is evaluated once, at that checkpoint.",
         epilog=EPILOG_TRAIN,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_WholeNamesHelpFormatter,
     )
     train.add_argument("--config", metavar="NAME|FILE",
                        help="a shipped config by name (" + ", ".join(shipped_configs()) + ") or a YAML file "
@@ -490,7 +523,11 @@ def build_parser() -> argparse.ArgumentParser:
         "and the class probabilities (prob_<class> columns in CSV, a probabilities object in JSON Lines). It is "
         "written to a temporary file and renamed at the end: a failed run leaves no output file.",
     )
-    predict.add_argument("input", metavar="INPUT", help="conversations, .jsonl or .csv")
+    predict.add_argument("input", metavar="INPUT", nargs="?", help="conversations, .jsonl or .csv")
+    predict.add_argument("--live", action="store_true",
+                         help="a live conversation from stdin, one utterance per line ('Speaker: text' or a JSON "
+                         "row); each emotion is printed (JSON, one line) as soon as its line is read; needs a "
+                         "causal checkpoint (model.causal)")
     predict.add_argument("--checkpoint", metavar="DIR|NAME",
                          help="checkpoint directory (RUN/checkpoint) or a shipped model's name (default: the shipped "
                          "meld-text model, see its MODEL_CARD.md)")

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from redifu.errors import MODALITIES, ConfigError
+from redifu.nn.attention import causal_attention_mask
 from redifu.nn.differential_attention import DifferentialDenoiser
 from redifu.nn.fusion import FUSIONS, build_fusion
 from redifu.nn.positional import SinusoidalPositionalEncoding
@@ -81,6 +82,13 @@ class ReDiFuConfig:
         logit_weights: If set, the prediction is the weighted sum of the per-modality logits
             with these fixed weights (the authors' recipe) instead of the fused classifier, and
             neither the fused classifier nor the fusion's fused projection is built.
+        causal: No utterance sees a later one anywhere (live conversations,
+            :meth:`redifu.predict.Predictor.session`): causal masks in every self- and
+            cross-attention of the denoiser and the fusion, graph edges from the past and self
+            only (no ``*_future`` relations); ``recurrent=bigru`` is refused.
+        attention_window: With ``causal``, every attention sees at most this many earlier
+            utterances (``None``: the whole past). Bounds a live session's memory and work per
+            utterance; ``None`` keeps every earlier utterance's keys and values.
     """
 
     modality_dims: Mapping[str, int]
@@ -109,6 +117,8 @@ class ReDiFuConfig:
     fusion_aligned: bool = True
     ffn_mult: float = 2.0
     logit_weights: Mapping[str, float] | None = None
+    causal: bool = False
+    attention_window: int | None = None
 
     def __post_init__(self) -> None:
         dims = dict(self.modality_dims)
@@ -144,6 +154,11 @@ class ReDiFuConfig:
         need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
         need(self.position_encoding in POSITION_ENCODINGS, "position_encoding", f"must be one of {POSITION_ENCODINGS}")
         need(self.recurrent in RECURRENTS, "recurrent", "must be 'none' or 'bigru'")
+        need(not (self.causal and self.recurrent == "bigru"), "recurrent",
+             "a bidirectional GRU reads later utterances; causal=true needs recurrent 'none'")
+        need(self.attention_window is None or self.attention_window >= 0, "attention_window", "must be >= 0")
+        need(self.attention_window is None or self.causal, "attention_window",
+             "limits how far back a causal model attends; set causal=true with it")
         need(self.denoiser in DENOISERS, "denoiser", f"must be one of {DENOISERS}")
         need(self.denoiser_layers >= 1, "denoiser_layers", "must be >= 1")
         need(self.denoiser_heads is None or self.denoiser_heads >= 1, "denoiser_heads", "must be >= 1")
@@ -323,6 +338,7 @@ class ReDiFu(nn.Module):
                 speaker_aware=config.speaker_aware,
                 dropout=config.dropout,
                 activation_checkpointing=activation_checkpointing,
+                causal=config.causal,
             )
         self.fusion = build_fusion(
             config.fusion,
@@ -389,6 +405,8 @@ class ReDiFu(nn.Module):
         mask = mask.bool()
         keep = mask.unsqueeze(-1).to(features["text"].dtype)  # (B, N, 1)
         attention: dict[str, Tensor] = {}
+        # Causal: which earlier utterances each one may attend to, in every attention layer.
+        attention_mask = causal_attention_mask(mask, window=config.attention_window) if config.causal else None
 
         # record_function labels name each stage in torch.profiler traces (benchmarks/profile_components.py).
         streams: dict[str, Tensor] = {}
@@ -408,7 +426,8 @@ class ReDiFu(nn.Module):
 
         with record_function("redifu.denoiser"):
             for m, denoiser in self.denoisers.items():
-                streams[m], maps = denoiser(streams[m], mask, return_attention=return_attention)
+                streams[m], maps = denoiser(streams[m], mask, attention_mask=attention_mask,
+                                            return_attention=return_attention)
                 if maps is not None:
                     attention.update({f"denoiser.{m}.layer{i}": a for i, a in enumerate(maps)})
 
@@ -424,7 +443,7 @@ class ReDiFu(nn.Module):
                 graph_attention = graph_attention.with_modality_names(names)
 
         with record_function("redifu.fusion"):
-            fused = self.fusion(streams, mask, return_attention=return_attention)
+            fused = self.fusion(streams, mask, attention_mask=attention_mask, return_attention=return_attention)
         attention.update({f"fusion.{k}": v for k, v in fused.attention.items()})
         gated = [m for m in config.modalities[1:] if f"layer0.gate_{m}" in fused.attention]
         fusion_gates = {m: tuple(fused.attention[f"layer{i}.gate_{m}"] for i in range(config.fusion_layers))

@@ -156,7 +156,7 @@ def test_parameters_finite_after_init_and_reset(name):
 
 
 class PassThrough(torch.nn.Module):
-    def forward(self, x, mask, return_attention=False):
+    def forward(self, x, mask, attention_mask=None, return_attention=False):
         return x, None
 
 

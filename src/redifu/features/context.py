@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
-__all__ = ["ContextSpec", "ContextInput", "build_dialogue_inputs"]
+__all__ = ["ContextSpec", "ContextInput", "build_dialogue_inputs", "future_context_problem"]
 
 
 @dataclass(frozen=True)
@@ -135,3 +135,18 @@ def build_dialogue_inputs(
             mask.extend([0] * (len(piece) + 1))
         inputs.append(ContextInput(tuple(ids), tuple(types), tuple(mask)))
     return inputs
+
+
+def future_context_problem(extractor: Mapping[str, Any] | None) -> str | None:
+    """Why features from the recorded text ``extractor`` (a data manifest's or checkpoint's
+    ``extractors.text``) cannot feed a causal model, or ``None``: an encoder whose context
+    construction reads later utterances (``settings.context.future > 0``) leaks them into every
+    utterance's vector."""
+    settings = (extractor or {}).get("settings") or {}
+    context = settings.get("context") if isinstance(settings, Mapping) else None
+    future = int((context or {}).get("future", 0) or 0) if isinstance(context, Mapping) else 0
+    if future <= 0:
+        return None
+    return (f"the text features come from {extractor.get('name', 'an encoder')!r}, whose context reads {future} later "
+            f"utterance(s) (extractors.text.settings.context.future={future}); a causal model needs past-only "
+            "features (redifu text finetune with future=0)")

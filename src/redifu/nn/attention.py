@@ -8,13 +8,38 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from redifu.nn.kernels.attention import masked_attention
+from redifu.nn.kernels.attention import attention_mask_4d, masked_attention
 from redifu.nn.positional import RotaryEmbedding, apply_rotary
 
 
 def key_padding_bias(mask: Tensor) -> Tensor:
-    """Boolean ``(B, 1, 1, N)`` attention mask from a ``(B, N)`` key mask (True = attend)."""
-    return mask[:, None, None, :]
+    """Boolean ``(B, 1, 1, N)`` attention mask from a ``(B, N)`` key mask (True = attend), or
+    ``(B, 1, N, M)`` from a per-query ``(B, N, M)`` mask."""
+    return attention_mask_4d(mask)
+
+
+def causal_attention_mask(mask: Tensor, *, window: int | None = None) -> Tensor:
+    r"""Per-query mask of a causal model: query :math:`i` may attend to key :math:`j` iff
+    :math:`j \le i` and :math:`i - j \le w` (``window``; ``None``: the whole past) and
+    :math:`j` is a real utterance.
+
+    Shapes:
+        - mask: ``(B, N)`` bool, True = real utterance
+        - output: ``(B, N, N)`` bool
+    """
+    n = mask.shape[-1]
+    positions = torch.arange(n, device=mask.device)
+    offset = positions[:, None] - positions[None, :]  # (N, N): i - j
+    allowed = offset >= 0
+    if window is not None:
+        allowed = allowed & (offset <= window)
+    return allowed[None] & mask[:, None, :].bool()  # (B, N, N)
+
+
+def combine_masks(key_mask: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """The key padding mask ``(B, M)``, or with a per-query ``attention_mask`` ``(B, N, M)`` both
+    at once (``(B, N, M)``)."""
+    return key_mask if attention_mask is None else attention_mask & key_mask[:, None, :]
 
 
 class MultiHeadAttention(nn.Module):
@@ -22,8 +47,8 @@ class MultiHeadAttention(nn.Module):
 
     :math:`\mathrm{Attn}(Q, K, V) = \mathrm{softmax}(QK^\top/\sqrt{d} + M)V`, where :math:`M`
     is :math:`-\infty` at padded keys. Queries come from ``x``; keys and values from
-    ``context`` (defaults to ``x``, i.e. self-attention). Non-causal: every utterance of a
-    dialogue sees the whole dialogue.
+    ``context`` (defaults to ``x``, i.e. self-attention). Without an ``attention_mask`` every
+    utterance of a dialogue sees the whole dialogue; a causal model passes one explicitly.
 
     Args:
         dim (int): Model size ``D``.
@@ -38,6 +63,8 @@ class MultiHeadAttention(nn.Module):
 
     Shapes:
         - x: ``(B, N, D)``; context: ``(B, M, D)``; key_mask: ``(B, M)`` bool, True = real
+        - attention_mask (optional): ``(B, N, M)`` bool, which keys each query may see (a causal
+          model's, :func:`causal_attention_mask`); ``None``: every real key
         - output: ``(B, N, D)``; attention (if requested): ``(B, H, N, M)``
     """
 
@@ -67,9 +94,11 @@ class MultiHeadAttention(nn.Module):
         key_mask: Tensor,
         *,
         context: Tensor | None = None,
+        attention_mask: Tensor | None = None,
         return_attention: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         context = x if context is None else context
+        key_mask = combine_masks(key_mask, attention_mask)  # (B, M) or (B, N, M)
         b, n, _ = x.shape
         q = self.q_proj(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, N, d)
         k, v = self.kv_proj(context).view(b, -1, 2, self.num_heads, self.head_dim).unbind(2)
@@ -131,7 +160,8 @@ class TransformerBlock(nn.Module):
             draws than PyTorch's dropout for a seed). A training-time choice. (default: ``False``)
 
     Shapes:
-        - x: ``(B, N, D)``, mask: ``(B, N)`` bool -> ``(B, N, D)``
+        - x: ``(B, N, D)``, mask: ``(B, N)`` bool -> ``(B, N, D)``; attention_mask: as for
+          :class:`MultiHeadAttention`
     """
 
     def __init__(
@@ -156,8 +186,10 @@ class TransformerBlock(nn.Module):
         for module in (self.attn_norm, self.attn, self.ffn_norm, self.ffn):
             module.reset_parameters()
 
-    def forward(self, x: Tensor, mask: Tensor, *, return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
-        attended, weights = self.attn(self.attn_norm(x), mask, return_attention=return_attention)
+    def forward(self, x: Tensor, mask: Tensor, *, attention_mask: Tensor | None = None,
+                return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
+        attended, weights = self.attn(self.attn_norm(x), mask, attention_mask=attention_mask,
+                                      return_attention=return_attention)
         x = x + self.dropout(attended)
         x = x + self.dropout(self.ffn(self.ffn_norm(x)))
         return x, weights

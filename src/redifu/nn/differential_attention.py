@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from redifu.nn.kernels.attention import masked_attention_pair
+from redifu.nn.attention import combine_masks
+from redifu.nn.kernels.attention import attention_mask_4d, masked_attention_pair
 from redifu.nn.kernels.checkpointing import run_layer
 from redifu.nn.positional import RotaryEmbedding, apply_rotary
 
@@ -68,11 +69,12 @@ def _validate_common(*, dim: int, num_heads: int, dropout: float) -> None:
 
 
 def _masked_map(scores: Tensor, key_mask: Tensor) -> Tensor:
-    """Softmax of ``scores`` (``(B, H, N, N)``) over the keys where ``key_mask`` (``(B, N)``) is True.
+    """Softmax of ``scores`` (``(B, H, N, N)``) over the keys where ``key_mask`` (``(B, N)``, or
+    ``(B, N, N)`` per query) is True.
 
     Masked keys get exactly zero weight. ``key_mask`` must hold at least one True per row.
     """
-    scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    scores = scores.masked_fill(~attention_mask_4d(key_mask), float("-inf"))
     return scores.softmax(dim=-1)
 
 
@@ -84,8 +86,12 @@ def _guard_empty_keys(key_mask: Tensor) -> tuple[Tensor, Tensor]:
 
     Returns:
         ``(safe_mask, has_key)``: ``(B, N)`` bool and ``(B, 1, 1, 1)`` bool, ready to broadcast
-        over ``(B, H, N, *)`` results.
+        over ``(B, H, N, *)`` results. A per-query ``(B, N, M)`` mask is guarded per query:
+        ``(B, N, M)`` and ``(B, 1, N, 1)``.
     """
+    if key_mask.dim() == 3:
+        has_key = key_mask.any(dim=-1)  # (B, N)
+        return key_mask | ~has_key[..., None], has_key[:, None, :, None]  # (B, N, M), (B, 1, N, 1)
     has_key = key_mask.any(dim=-1)  # (B,)
     safe_mask = key_mask | ~has_key[:, None]  # (B, N)
     return safe_mask, has_key[:, None, None, None]  # (B, 1, 1, 1)
@@ -186,7 +192,7 @@ class DifferentialAttention(nn.Module):
         )
 
     def _attend(
-        self, x: Tensor, mask: Tensor, *, return_maps: bool = False
+        self, x: Tensor, mask: Tensor, *, attention_mask: Tensor | None = None, return_maps: bool = False
     ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
         """Pre-normalisation head outputs :math:`(A_1 - \\lambda A_2) V`, ``(B, H, N, 2d)``,
         and, if ``return_maps``, the two maps ``(A1, A2)``, each ``(B, H, N, N)``."""
@@ -202,7 +208,7 @@ class DifferentialAttention(nn.Module):
         q1, q2 = q.unbind(0)  # (B, H, N, d) each
         k1, k2 = k.unbind(0)  # (B, H, N, d) each
         lam = self.differential_lambda()
-        key_mask, has_key = _guard_empty_keys(mask)
+        key_mask, has_key = _guard_empty_keys(combine_masks(mask, attention_mask))
         dropout_p = self.dropout if self.training else 0.0
 
         if not return_maps:
@@ -217,10 +223,10 @@ class DifferentialAttention(nn.Module):
         return heads, (a1, a2)
 
     def forward(
-        self, x: Tensor, mask: Tensor, *, return_attention: bool = False
+        self, x: Tensor, mask: Tensor, *, attention_mask: Tensor | None = None, return_attention: bool = False
     ) -> tuple[Tensor, Tensor | None]:
         B, N, _ = x.shape
-        heads, maps = self._attend(x, mask, return_maps=return_attention)
+        heads, maps = self._attend(x, mask, attention_mask=attention_mask, return_maps=return_attention)
         heads = self.head_norm(heads) * (1.0 - self.lambda_init)  # (B, H, N, 2d)
         out = self.out_proj(heads.transpose(1, 2).reshape(B, N, self.dim))  # (B, N, D)
         if maps is None:
@@ -333,7 +339,7 @@ class TemporalDifferentialAttention(nn.Module):
         return prev
 
     def _attend(
-        self, x: Tensor, mask: Tensor, *, return_maps: bool = False
+        self, x: Tensor, mask: Tensor, *, attention_mask: Tensor | None = None, return_maps: bool = False
     ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
         """Pre-normalisation head outputs :math:`(A_1 - \\lambda_h A_2) V`, ``(B, H, N, d)``,
         and, if ``return_maps``, the two maps ``(A1, A2)``, each ``(B, H, N, N)``."""
@@ -348,8 +354,8 @@ class TemporalDifferentialAttention(nn.Module):
         # slot j holds the key of utterance j-1; slot 0 is a zero placeholder, always masked
         k_prev = F.pad(k[:, :, :-1], (0, 0, 1, 0))  # (B, H, N, d)
         lam = self.differential_lambda().view(1, H, 1, 1)
-        mask1, has_key1 = _guard_empty_keys(mask)
-        mask2, has_key2 = _guard_empty_keys(self.previous_key_mask(mask))
+        mask1, has_key1 = _guard_empty_keys(combine_masks(mask, attention_mask))
+        mask2, has_key2 = _guard_empty_keys(combine_masks(self.previous_key_mask(mask), attention_mask))
         dropout_p = self.dropout if self.training else 0.0
 
         if not return_maps:
@@ -364,10 +370,10 @@ class TemporalDifferentialAttention(nn.Module):
         return heads, (a1, a2)
 
     def forward(
-        self, x: Tensor, mask: Tensor, *, return_attention: bool = False
+        self, x: Tensor, mask: Tensor, *, attention_mask: Tensor | None = None, return_attention: bool = False
     ) -> tuple[Tensor, Tensor | None]:
         B, N, _ = x.shape
-        heads, maps = self._attend(x, mask, return_maps=return_attention)
+        heads, maps = self._attend(x, mask, attention_mask=attention_mask, return_maps=return_attention)
         heads = self.head_norm(heads) * (1.0 - self.lambda_init)  # (B, H, N, d)
         out = self.out_proj(heads.transpose(1, 2).reshape(B, N, self.dim))  # (B, N, D)
         if maps is None:
@@ -481,9 +487,10 @@ class DifferentialTransformerLayer(nn.Module):
         self.ffn.reset_parameters()
 
     def forward(
-        self, x: Tensor, mask: Tensor, *, return_attention: bool = False
+        self, x: Tensor, mask: Tensor, *, attention_mask: Tensor | None = None, return_attention: bool = False
     ) -> tuple[Tensor, Tensor | None]:
-        attended, attention = self.attn(self.attn_norm(x), mask, return_attention=return_attention)
+        attended, attention = self.attn(self.attn_norm(x), mask, attention_mask=attention_mask,
+                                        return_attention=return_attention)
         x = x + self.residual_dropout(attended)
         x = x + self.residual_dropout(self.ffn(self.ffn_norm(x)))
         return x, attention
@@ -513,6 +520,8 @@ class DifferentialDenoiser(nn.Module):
 
     Shapes:
         - x: ``(B, N, D)``; mask: ``(B, N)`` bool, True for real utterances
+        - attention_mask (optional): ``(B, N, N)`` bool, the keys each query may see in every
+          layer (a causal model's, :func:`redifu.nn.attention.causal_attention_mask`)
         - output: ``(B, N, D)`` (zero at padding) and, if ``return_attention``, a list of ``L``
           differential maps of shape ``(B, H, N, N)`` (else ``None``)
     """
@@ -558,11 +567,11 @@ class DifferentialDenoiser(nn.Module):
         self.norm.reset_parameters()
 
     def forward(
-        self, x: Tensor, mask: Tensor, *, return_attention: bool = False
+        self, x: Tensor, mask: Tensor, *, attention_mask: Tensor | None = None, return_attention: bool = False
     ) -> tuple[Tensor, list[Tensor] | None]:
         maps: list[Tensor] = []
         for layer in self.layers:
-            x, attention = run_layer(layer, x, mask, return_attention=return_attention,
+            x, attention = run_layer(layer, x, mask, attention_mask=attention_mask, return_attention=return_attention,
                                      checkpointed=self.activation_checkpointing and self.training)
             if attention is not None:
                 maps.append(attention)

@@ -1,7 +1,9 @@
 """Cross-modal fusion: text-guided diffusion (ReDiFu), symmetric cross-attention, concatenation.
 
 All three take the per-modality streams (text first) and return a fused utterance
-representation plus the per-modality streams that the auxiliary classifiers read.
+representation plus the per-modality streams that the auxiliary classifiers read. An optional
+``attention_mask`` ``(B, N, N)`` restricts which utterances each query sees in every self- and
+cross-attention (a causal model passes :func:`redifu.nn.attention.causal_attention_mask`).
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ class ConcatFusion(nn.Module):
             self.proj.reset_parameters()
             self.norm.reset_parameters()
 
-    def forward(self, streams: dict[str, Tensor], mask: Tensor, *, return_attention: bool = False) -> FusionOutput:
+    def forward(self, streams: dict[str, Tensor], mask: Tensor, *, attention_mask: Tensor | None = None,
+                return_attention: bool = False) -> FusionOutput:
         if self.proj is None:
             return FusionOutput(fused=None, streams=dict(streams))
         stacked = torch.cat([streams[m] for m in self.modalities], dim=-1)  # (B, N, M*D)
@@ -154,12 +157,14 @@ class SymmetricFusion(nn.Module):
             if module is not self and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def forward(self, streams: dict[str, Tensor], mask: Tensor, *, return_attention: bool = False) -> FusionOutput:
+    def forward(self, streams: dict[str, Tensor], mask: Tensor, *, attention_mask: Tensor | None = None,
+                return_attention: bool = False) -> FusionOutput:
         streams = dict(streams)
         maps: dict[str, Tensor] = {}
         for layer, (blocks, cross, norms) in enumerate(zip(self.self_blocks, self.cross, self.cross_norms)):
             for m in self.modalities:
-                streams[m], weights = run_layer(blocks[m], streams[m], mask, return_attention=return_attention,
+                streams[m], weights = run_layer(blocks[m], streams[m], mask, attention_mask=attention_mask,
+                                                return_attention=return_attention,
                                                 checkpointed=self.activation_checkpointing and self.training)
                 if weights is not None:
                     maps[f"layer{layer}.{m}_self"] = weights
@@ -167,7 +172,7 @@ class SymmetricFusion(nn.Module):
             updates = {m: torch.zeros_like(streams[m]) for m in self.modalities}
             for m, o in self.pairs:
                 attended, weights = cross[f"{m}_{o}"](
-                    normed[m], mask, context=normed[o], return_attention=return_attention
+                    normed[m], mask, context=normed[o], attention_mask=attention_mask, return_attention=return_attention
                 )
                 updates[m] = updates[m] + attended
                 if weights is not None:
@@ -248,12 +253,14 @@ class DiffusionLayer(nn.Module):
             nn.init.zeros_(gate.bias)
 
     def forward(
-        self, streams: dict[str, Tensor], mask: Tensor, *, return_attention: bool = False
+        self, streams: dict[str, Tensor], mask: Tensor, *, attention_mask: Tensor | None = None,
+        return_attention: bool = False,
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         maps: dict[str, Tensor] = {}
         streams = dict(streams)
         for m in self.modalities:
-            streams[m], weights = self.self_blocks[m](streams[m], mask, return_attention=return_attention)
+            streams[m], weights = self.self_blocks[m](streams[m], mask, attention_mask=attention_mask,
+                                                      return_attention=return_attention)
             if weights is not None:
                 maps[f"{m}_self"] = weights
         text = streams["text"]
@@ -263,7 +270,7 @@ class DiffusionLayer(nn.Module):
             for m in self.auxiliary:
                 context = self.context_norms[m](streams[m])
                 attended, weights = self.cross[m](
-                    query, mask, context=context, return_attention=return_attention
+                    query, mask, context=context, attention_mask=attention_mask, return_attention=return_attention
                 )
                 if self.aligned:
                     attended = attended + context  # the utterance's own audio/visual, always on offer
@@ -346,10 +353,12 @@ class TextGuidedFusion(nn.Module):
         if self.norm is not None:
             self.norm.reset_parameters()
 
-    def forward(self, streams: dict[str, Tensor], mask: Tensor, *, return_attention: bool = False) -> FusionOutput:
+    def forward(self, streams: dict[str, Tensor], mask: Tensor, *, attention_mask: Tensor | None = None,
+                return_attention: bool = False) -> FusionOutput:
         maps: dict[str, Tensor] = {}
         for index, layer in enumerate(self.layers):
-            streams, layer_maps = run_layer(layer, streams, mask, return_attention=return_attention,
+            streams, layer_maps = run_layer(layer, streams, mask, attention_mask=attention_mask,
+                                            return_attention=return_attention,
                                             checkpointed=self.activation_checkpointing and self.training)
             maps.update({f"layer{index}.{name}": value for name, value in layer_maps.items()})
         fused = self.norm(streams["text"]) if self.norm is not None else None

@@ -43,8 +43,9 @@ class SinusoidalPositionalEncoding(nn.Module):
     def reset_parameters(self) -> None:  # no learnable parameters
         pass
 
-    def encoding(self, seq_len: int, *, device: torch.device, dtype: torch.dtype) -> Tensor:
-        positions = torch.arange(seq_len, device=device, dtype=torch.float32)
+    def encoding(self, seq_len: int, *, device: torch.device, dtype: torch.dtype, offset: int = 0) -> Tensor:
+        """Rows for positions ``offset .. offset + seq_len - 1`` (a live session's next utterance)."""
+        positions = torch.arange(offset, offset + seq_len, device=device, dtype=torch.float32)
         angles = positions[:, None] * self.inv_freq.to(device)[None, :]  # (N, D/2)
         pe = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # (N, D) interleaved
         return pe.to(dtype)

@@ -8,6 +8,9 @@ Utterances are nodes, one node per (modality, real utterance). Two kinds of subg
 * cross-modality (optional): for every ordered modality pair ``(a, b)``, ``a != b``, an edge
   from ``(a, j)`` to ``(b, i)`` for ``|i - j| <= cross_window``, typed by the pair.
 
+A causal graph (``causal=True``, for ``model.causal``) has only the edges from the past and
+self (``j <= i``) and no ``*_future`` relations (:data:`CAUSAL_SPEAKER_RELATIONS`).
+
 Edges are built with vectorised tensor code whose memory is ``O(M * T * K)`` for ``T`` real
 utterances and ``K`` candidate sources per target (``2 * window + 1`` plus the cross slots);
 nothing of size ``N x N`` is ever built. :class:`RelationGraph` runs stacked
@@ -25,6 +28,7 @@ from redifu.nn.kernels.checkpointing import run_layer
 from redifu.nn.relational_attention import RelationalGraphAttention
 
 __all__ = [
+    "CAUSAL_SPEAKER_RELATIONS",
     "SPEAKER_RELATIONS",
     "GraphEdges",
     "GraphAttention",
@@ -41,7 +45,11 @@ SPEAKER_RELATIONS = (
     "other_speaker_past",
     "other_speaker_future",
 )
-_NUM_SPEAKER_RELATIONS = len(SPEAKER_RELATIONS)
+CAUSAL_SPEAKER_RELATIONS = ("self", "same_speaker_past", "other_speaker_past")
+
+
+def _speaker_relations(causal: bool) -> tuple[str, ...]:
+    return CAUSAL_SPEAKER_RELATIONS if causal else SPEAKER_RELATIONS
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,7 @@ class GraphAttention:
         modality_names (tuple[str, ...]): name of each modality index (``m0``, ``m1``, ... until
             :meth:`with_modality_names` gives the real ones).
         cross_modal (bool): Whether the graph has the cross-modality relations.
+        causal (bool): Whether the graph is causal (past and self edges only).
     """
 
     edge_index: Tensor
@@ -93,6 +102,7 @@ class GraphAttention:
     relation_names: tuple[str, ...]
     modality_names: tuple[str, ...]
     cross_modal: bool
+    causal: bool = False
 
     def with_modality_names(self, modality_names: tuple[str, ...]) -> "GraphAttention":
         """A copy whose modalities and relations are named after ``modality_names``
@@ -101,36 +111,37 @@ class GraphAttention:
             raise ValueError(f"modality_names: {len(self.modality_names)} names needed, got {tuple(modality_names)}")
         names = tuple(modality_names)
         return replace(self, modality_names=names, relation_names=graph_relation_names(
-            num_modalities=len(names), cross_modal=self.cross_modal, modality_names=names))
+            num_modalities=len(names), cross_modal=self.cross_modal, modality_names=names, causal=self.causal))
 
 
-def num_graph_relations(*, num_modalities: int, cross_modal: bool) -> int:
-    """Number of relation types: ``5 * M`` speaker relations, plus ``M * (M - 1)`` ordered
-    modality pairs when ``cross_modal``.
+def num_graph_relations(*, num_modalities: int, cross_modal: bool, causal: bool = False) -> int:
+    """Number of relation types: ``5 * M`` speaker relations (``3 * M`` in a causal graph: no
+    ``*_future`` ones), plus ``M * (M - 1)`` ordered modality pairs when ``cross_modal``.
     """
     if num_modalities < 1:
         raise ValueError(f"num_modalities must be >= 1, got {num_modalities}")
     cross = num_modalities * (num_modalities - 1) if cross_modal else 0
-    return _NUM_SPEAKER_RELATIONS * num_modalities + cross
+    return len(_speaker_relations(causal)) * num_modalities + cross
 
 
 def graph_relation_names(
-    *, num_modalities: int, cross_modal: bool, modality_names: tuple[str, ...] | None = None
+    *, num_modalities: int, cross_modal: bool, modality_names: tuple[str, ...] | None = None, causal: bool = False
 ) -> tuple[str, ...]:
     """Readable names of the relation ids, e.g. ``"m0:same_speaker_past"``, ``"m1->m2"``, or with
     ``modality_names`` ``("text", "audio", ...)``: ``"text:same_speaker_past"``, ``"audio->visual"``."""
     modality = modality_names if modality_names is not None else tuple(f"m{m}" for m in range(num_modalities))
     if len(modality) != num_modalities:
         raise ValueError(f"modality_names must name {num_modalities} modalities, got {tuple(modality)}")
-    names = [f"{modality[m]}:{r}" for m in range(num_modalities) for r in SPEAKER_RELATIONS]
-    if num_graph_relations(num_modalities=num_modalities, cross_modal=cross_modal) > len(names):
+    names = [f"{modality[m]}:{r}" for m in range(num_modalities) for r in _speaker_relations(causal)]
+    if num_graph_relations(num_modalities=num_modalities, cross_modal=cross_modal, causal=causal) > len(names):
         names += [f"{modality[a]}->{modality[b]}" for a in range(num_modalities) for b in range(num_modalities)
                   if a != b]
     return tuple(names)
 
 
 def _source_slots(
-    *, num_modalities: int, window: int, cross_modal: bool, cross_window: int, device: torch.device
+    *, num_modalities: int, window: int, cross_modal: bool, cross_window: int, device: torch.device,
+    causal: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Candidate sources of a target node, per target modality.
 
@@ -139,16 +150,18 @@ def _source_slots(
     for a cross-modality slot and ``-1`` for a speaker-typed (intra-modality) slot.
 
     Shapes:
-        - output: three ``(M, K)`` long tensors, ``K = 2w + 1 (+ (M - 1)(2c + 1))``
+        - output: three ``(M, K)`` long tensors, ``K = 2w + 1 (+ (M - 1)(2c + 1))``; causal:
+          ``K = w + 1 (+ (M - 1)(c + 1))`` (offsets ``<= 0`` only)
     """
     M = num_modalities
+    num_speaker_relations = len(_speaker_relations(causal))
     target = torch.arange(M, device=device)
-    intra_offset = torch.arange(-window, window + 1, device=device)  # (K1,)
+    intra_offset = torch.arange(-window, 1 if causal else window + 1, device=device)  # (K1,)
     src_modality = [target[:, None].expand(M, intra_offset.numel())]
     offset = [intra_offset[None, :].expand(M, -1)]
     cross_type = [torch.full((M, intra_offset.numel()), -1, device=device, dtype=torch.long)]
     if cross_modal and M > 1:
-        cross_offset = torch.arange(-cross_window, cross_window + 1, device=device)  # (K2,)
+        cross_offset = torch.arange(-cross_window, 1 if causal else cross_window + 1, device=device)  # (K2,)
         k2 = cross_offset.numel()
         rank = torch.arange(M - 1, device=device)[None, :]  # (1, M-1)
         source = rank + (rank >= target[:, None]).long()  # (M, M-1): modalities other than b
@@ -157,7 +170,7 @@ def _source_slots(
         src_modality.append(source[:, :, None].expand(M, M - 1, k2).reshape(M, -1))
         offset.append(cross_offset[None, None, :].expand(M, M - 1, k2).reshape(M, -1))
         cross_type.append(
-            (_NUM_SPEAKER_RELATIONS * M + pair)[:, :, None].expand(M, M - 1, k2).reshape(M, -1)
+            (num_speaker_relations * M + pair)[:, :, None].expand(M, M - 1, k2).reshape(M, -1)
         )
     return torch.cat(src_modality, 1), torch.cat(offset, 1), torch.cat(cross_type, 1)
 
@@ -171,6 +184,7 @@ def build_relation_graph(
     cross_modal: bool,
     cross_window: int = 0,
     speaker_aware: bool = True,
+    causal: bool = False,
 ) -> GraphEdges:
     r"""Builds the packed relation-typed graph of a padded batch of dialogues.
 
@@ -192,6 +206,10 @@ def build_relation_graph(
         cross_window (int, optional): Cross-modality window ``c`` (>= 0); ``0`` links the
             modalities of the same utterance only. (default: ``0``)
         speaker_aware (bool, optional): Distinguish same/other speaker. (default: ``True``)
+        causal (bool, optional): Only edges with :math:`j \le i` (past and self), typed
+            :math:`3m + r` with :math:`r` indexing :data:`CAUSAL_SPEAKER_RELATIONS`, cross pairs
+            from :math:`3M`: no utterance receives anything from a later one.
+            (default: ``False``)
 
     Shapes:
         - speakers: ``(B, N)`` long; mask: ``(B, N)`` bool
@@ -217,7 +235,7 @@ def build_relation_graph(
     if not torch.equal(mask, positions[None, :] < lengths[:, None]):
         raise ValueError("mask must be True on a prefix of each row (padding at the end)")
 
-    num_relations = num_graph_relations(num_modalities=num_modalities, cross_modal=cross_modal)
+    num_relations = num_graph_relations(num_modalities=num_modalities, cross_modal=cross_modal, causal=causal)
     batch, utterance = mask.nonzero(as_tuple=True)  # (T,), (T,) dialogue-major
     num_utts = batch.numel()
     length = lengths[batch]  # (T,)
@@ -229,6 +247,7 @@ def build_relation_graph(
         cross_modal=cross_modal,
         cross_window=cross_window,
         device=device,
+        causal=causal,
     )  # (M, K) each
     M = num_modalities
     target = torch.arange(num_utts, device=device)  # (T,) packed utterance index
@@ -243,9 +262,12 @@ def build_relation_graph(
     else:
         other = torch.zeros_like(valid)
     off = offset[:, None, :]  # (M, 1, K)
-    speaker_rel = torch.where(off == 0, 0, 1 + (off > 0).long() + 2 * other.long())  # (M, T, K)
+    if causal:  # self, same_speaker_past, other_speaker_past
+        speaker_rel = torch.where(off == 0, 0, 1 + other.long())  # (M, T, K)
+    else:
+        speaker_rel = torch.where(off == 0, 0, 1 + (off > 0).long() + 2 * other.long())  # (M, T, K)
     modality = torch.arange(M, device=device)[:, None, None]  # (M, 1, 1)
-    intra_type = _NUM_SPEAKER_RELATIONS * modality + speaker_rel
+    intra_type = len(_speaker_relations(causal)) * modality + speaker_rel
     edge_type = torch.where(cross_type[:, None, :] >= 0, cross_type[:, None, :], intra_type)
 
     src_node = src_modality[:, None, :] * num_utts + target[None, :, None] + off  # (M, T, K)
@@ -289,6 +311,8 @@ class RelationGraph(nn.Module):
         dropout (float, optional): Dropout on each block's residual branch. (default: ``0.0``)
         num_bases (int, optional): R-GCN basis decomposition of the relation transforms;
             ``None`` gives one full matrix per relation. (default: ``None``)
+        causal (bool, optional): The causal graph of :func:`build_relation_graph` (past and
+            self edges only). (default: ``False``)
         activation_checkpointing (bool, optional): Recompute each block's activations in
             backward instead of keeping them (:mod:`redifu.nn.kernels.checkpointing`; same
             results, dropout masks included). A training-time choice. (default: ``False``)
@@ -314,6 +338,7 @@ class RelationGraph(nn.Module):
         dropout: float = 0.0,
         num_bases: int | None = None,
         activation_checkpointing: bool = False,
+        causal: bool = False,
     ) -> None:
         super().__init__()
         if dim <= 0:
@@ -328,7 +353,8 @@ class RelationGraph(nn.Module):
             raise ValueError(f"cross_window must be >= 0, got {cross_window}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        num_relations = num_graph_relations(num_modalities=num_modalities, cross_modal=cross_modal)
+        num_relations = num_graph_relations(num_modalities=num_modalities, cross_modal=cross_modal, causal=causal)
+        self.causal = causal
         self.dim = dim
         self.num_modalities = num_modalities
         self.num_layers = num_layers
@@ -381,6 +407,7 @@ class RelationGraph(nn.Module):
             cross_modal=self.cross_modal,
             cross_window=self.cross_window,
             speaker_aware=self.speaker_aware,
+            causal=self.causal,
         )
         x = torch.cat([stream[mask] for stream in streams], dim=0)  # (M*T, dim) packed nodes
         maps: list[Tensor] = []
@@ -414,8 +441,9 @@ class RelationGraph(nn.Module):
             node_batch=batch.repeat(self.num_modalities),  # (V,)
             node_utterance=utterance.repeat(self.num_modalities),  # (V,)
             relation_names=graph_relation_names(
-                num_modalities=self.num_modalities, cross_modal=self.cross_modal
+                num_modalities=self.num_modalities, cross_modal=self.cross_modal, causal=self.causal
             ),
             modality_names=tuple(f"m{m}" for m in range(self.num_modalities)),
             cross_modal=self.cross_modal,
+            causal=self.causal,
         )

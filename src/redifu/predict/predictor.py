@@ -21,6 +21,7 @@ from redifu.predict.rows import (ConversationReader, InputUtterance, as_vector, 
 
 if TYPE_CHECKING:
     from redifu.features.text import TextEncoder
+    from redifu.predict.session import ConversationSession
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +198,17 @@ class Predictor:
                 batch = []
         if batch:
             yield from self._predict_batch(batch, explain=explain)
+
+    def session(self, *, dialogue_id: str = "live") -> "ConversationSession":
+        """A live conversation: ``session.add(speaker=..., text=...)`` returns each new
+        utterance's :class:`UtterancePrediction` at once (:class:`~redifu.predict.session.ConversationSession`).
+
+        Only for a causal checkpoint (``model.causal``) whose text features read no later
+        utterance; otherwise a one-line :class:`~redifu.errors.CheckpointError`.
+        """
+        from redifu.predict.session import ConversationSession
+
+        return ConversationSession(self, dialogue_id=dialogue_id)
 
     # internals ------------------------------------------------------------------------------
 

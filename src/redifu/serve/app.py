@@ -8,7 +8,12 @@ Routes:
 - ``GET /health``: 200 once the model is loaded, 503 before;
 - ``GET /model``: labels, modalities, feature sizes, recorded extractors, the checkpoint's
   ``card.json`` (``null`` without one; :func:`redifu.pretrained.read_card`) and the request limits;
-- ``GET /``: the page; ``GET /docs``: the OpenAPI documentation (FastAPI's).
+- ``GET /``: the page; ``GET /docs``: the OpenAPI documentation (FastAPI's);
+- ``WebSocket /live``: one live conversation per connection (causal checkpoints): each message a
+  JSON utterance ``{"speaker", "text"}``, each reply its prediction, or ``{"detail": "one line"}``
+  for a bad message (the connection stays open). Beyond ``max_sessions`` connections, or with a
+  checkpoint that cannot run live, the connection is closed with code 1013 / 1008 and the
+  reason; a session idle for ``session_idle_s`` is closed with code 1001.
 
 Every error answer is ``{"detail": "one line"}``; a fault of the server is a 500 whose detail
 names no internals, with the traceback in the server's log.
@@ -30,6 +35,8 @@ import numpy as np
 from redifu import __version__
 from redifu.errors import CheckpointError, DataError
 from redifu.predict import InputUtterance, Predictor, UtterancePrediction
+from redifu.predict.live_stream import parse_live_line
+from redifu.predict.session import live_problem
 from redifu.serve.batching import MicroBatcher
 from redifu.serve.body_limit import BodySizeLimit, BodyTooLarge
 from redifu.serve.request_body import RequestError, parse_predict_request
@@ -97,6 +104,8 @@ class _State:
     batcher: MicroBatcher | None = None
     info: dict[str, Any] | None = None
     load_error: BaseException | None = None
+    executor: ThreadPoolExecutor | None = None
+    live_sessions: int = 0
 
 
 def _one_line(text: object) -> str:
@@ -115,6 +124,8 @@ def model_info(predictor: Predictor, settings: ServeSettings) -> dict[str, Any]:
         "card": predictor.card,  # the checkpoint's card.json (Predictor.from_pretrained reads it)
         "limits": settings.limits(),
         "batching": {"max_batch": settings.max_batch, "batch_wait_ms": settings.batch_wait_ms},
+        "live": {"available": live_problem(predictor) is None, "max_sessions": settings.max_sessions,
+                 "session_idle_s": settings.session_idle_s},
         "redifu": __version__,
     }
 
@@ -158,7 +169,7 @@ def create_app(load: Callable[[], Predictor], *, settings: ServeSettings | None 
     callable, as :func:`redifu.serve.server.serve` sets it): then the error is kept in
     ``app.state.load_error``, logged in one line, and ``stop()`` is called.
     """
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
 
@@ -189,7 +200,7 @@ def create_app(load: Callable[[], Predictor], *, settings: ServeSettings | None 
                                    executor=executor, max_batch=settings.max_batch, wait_ms=settings.batch_wait_ms)
             batcher.start()
             state.info = model_info(predictor, settings)
-            state.predictor, state.batcher = predictor, batcher
+            state.predictor, state.batcher, state.executor = predictor, batcher, executor
             logger.info("model loaded: %s labels, modalities %s", len(predictor.classes),
                         ", ".join(predictor.modalities))
             try:
@@ -274,6 +285,47 @@ def create_app(load: Callable[[], Predictor], *, settings: ServeSettings | None 
         # predictions follow the utterance order; answer in the order of the request
         ordered = [p for _, p in sorted(zip((u.line for u in parsed.utterances), predictions), key=lambda x: x[0])]
         return {"dialogue_id": parsed.dialogue_id, "utterances": [p.to_dict() for p in ordered]}
+
+    @app.websocket("/live")
+    async def live(websocket: WebSocket) -> None:
+        await websocket.accept()
+        predictor = state.predictor
+        if predictor is None:
+            await websocket.close(code=1013, reason="the model is not loaded yet")
+            return
+        problem = live_problem(predictor)
+        if problem is not None:
+            await websocket.close(code=1008, reason=_one_line(problem)[:120])
+            return
+        if state.live_sessions >= settings.max_sessions:
+            await websocket.close(code=1013, reason=f"{settings.max_sessions} live sessions already; try again later")
+            return
+        state.live_sessions += 1
+        loop = asyncio.get_running_loop()
+        try:
+            session = predictor.session(dialogue_id="live")
+            while True:
+                try:
+                    message = await asyncio.wait_for(websocket.receive_text(), timeout=settings.session_idle_s)
+                except asyncio.TimeoutError:
+                    await websocket.close(code=1001, reason=f"idle for {settings.session_idle_s:g} s")
+                    return
+                try:
+                    row = parse_live_line(message) if message.lstrip().startswith("{") else None
+                    if row is None:
+                        raise DataError("expected a JSON object {\"speaker\": ..., \"text\": ...}")
+                    prediction = await loop.run_in_executor(state.executor, lambda: session.add(**row))
+                except (DataError, TypeError) as failure:
+                    await websocket.send_json({"detail": _one_line(failure)})
+                    continue
+                except CheckpointError as failure:  # e.g. no text encoder for transcripts
+                    await websocket.send_json({"detail": _one_line(failure)})
+                    continue
+                await websocket.send_json(prediction.to_dict())
+        except WebSocketDisconnect:
+            return
+        finally:
+            state.live_sessions -= 1
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> Response:  # the OpenAPI page, its script and style served from here (no CDN)

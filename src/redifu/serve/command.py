@@ -39,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-wait-ms", type=float, default=defaults.batch_wait_ms, metavar="MS",
                         help="how long a request waits for others to share its forward pass "
                         f"(default: {defaults.batch_wait_ms:g})")
+    parser.add_argument("--max-sessions", type=int, default=defaults.max_sessions, metavar="N",
+                        help="most live sessions (/live WebSocket connections) at once; more are closed with code 1013 "
+                        f"(default: {defaults.max_sessions})")
+    parser.add_argument("--session-idle", type=float, default=defaults.session_idle_s, metavar="S",
+                        help=f"close a live session idle this many seconds (default: {defaults.session_idle_s:g})")
     parser.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="torch threads for inference (default: torch's, one per core; on a small machine "
@@ -55,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from redifu.serve.server import serve
 
     bounds_of = (("--port", args.port, 0, 65535), ("--max-utterances", args.max_utterances, 1, None),
-                 ("--max-batch", args.max_batch, 1, None), ("--batch-wait-ms", args.batch_wait_ms, 0, 1000))
+                 ("--max-batch", args.max_batch, 1, None), ("--batch-wait-ms", args.batch_wait_ms, 0, 1000),
+                 ("--max-sessions", args.max_sessions, 1, None), ("--session-idle", args.session_idle, 0.001, 86400))
     for flag, value, low, high in bounds_of:
         if value < low or (high is not None and value > high):
             bounds = f"between {low} and {high}" if high is not None else f">= {low}"
@@ -65,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.max_body > 0:
         raise UsageError(f"--max-body must be > 0 (MiB), got {args.max_body:g}")
     settings = ServeSettings(max_body_bytes=max(1, int(args.max_body * MIB)), max_utterances=args.max_utterances,
-                             max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
+                             max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+                             max_sessions=args.max_sessions, session_idle_s=args.session_idle)
     try:  # before the model loads: an address in use is known at once
         with socket.create_server((args.host, args.port)):
             pass

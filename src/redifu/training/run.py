@@ -40,6 +40,7 @@ from redifu.data.batching import feature_statistics
 from redifu.data.dialogue import DialogueCorpus
 from redifu.data.loading import fingerprint, load_corpus
 from redifu.errors import SPLITS, ConfigError
+from redifu.features.context import future_context_problem
 from redifu.files import recover_directory, write_json_atomic, write_text_atomic
 from redifu.training.evaluation import evaluate_split
 from redifu.training.loss import inverse_frequency_weights
@@ -163,6 +164,10 @@ def train(
     model_config = config.model_config(
         modality_dims=metadata.modality_dims, num_classes=metadata.num_classes, num_speakers=metadata.num_speakers
     )
+    if model_config.causal and "text" in model_config.modalities:
+        problem = future_context_problem(corpus.provenance.get("extractors", {}).get("text"))
+        if problem is not None:
+            raise ConfigError(f"model.causal: {problem}")
     data_fingerprint = fingerprint(corpus)
     resume_path = output / "lightning" / RESUME_FILE
     if resume and not resume_path.is_file():

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from redifu.nn.kernels.dropout_masks import fast_keep_mask, pack_bits, unpack_bits
 
-__all__ = ["CHUNK_ELEMENTS", "ChunkedDropoutAttention", "chunked_dropout_is_exact", "masked_attention",
+__all__ = ["CHUNK_ELEMENTS", "ChunkedDropoutAttention", "attention_mask_4d", "chunked_dropout_is_exact", "masked_attention",
            "masked_attention_pair"]
 
 # Elements of one chunk of the attention map (16 MiB in fp32): large enough that the Python
@@ -113,12 +113,12 @@ class ChunkedDropoutAttention(torch.autograd.Function):
         qs = (q * root).reshape(B * H, N, d)  # (BH, N, d)
         ks = (k * root).reshape(B * H, M, d)  # (BH, M, d)
         vs = v.reshape(B * H, M, e)  # (BH, M, e)
-        bias = _key_bias(key_mask, H, q.dtype)  # (BH, 1, M)
+        bias = _key_bias(key_mask, H, q.dtype)  # (BH, 1 or N, M)
         keep = 1.0 - dropout_p
         out = q.new_empty(B * H, N, e)
         kept = []
         for heads, rows in _chunks(B * H, N, M, budget):
-            attn = _probabilities(qs[heads, rows], ks[heads], bias[heads])  # (c, r, M)
+            attn = _probabilities(qs[heads, rows], ks[heads], _bias_rows(bias, heads, rows))  # (c, r, M)
             if fast:  # opt-in: other draws than PyTorch's dropout, same distribution
                 mask = fast_keep_mask(attn.shape, keep, attn.device)
                 noise = mask.to(attn.dtype)
@@ -146,7 +146,7 @@ class ChunkedDropoutAttention(torch.autograd.Function):
         keep = 1.0 - ctx.dropout_p
         grad_q, grad_k, grad_v = torch.zeros_like(qs), torch.zeros_like(ks), torch.zeros_like(vs)
         for bits, (heads, rows) in zip(kept, _chunks(B * H, N, M, ctx.budget)):
-            attn = _probabilities(qs[heads, rows], ks[heads], bias[heads])  # (c, r, M)
+            attn = _probabilities(qs[heads, rows], ks[heads], _bias_rows(bias, heads, rows))  # (c, r, M)
             noise = unpack_bits(bits, attn.shape).to(attn.dtype).div_(keep)  # the forward's noise exactly
             grad_c = grad[heads, rows]  # (c, r, e)
             grad_v[heads] += torch.matmul((attn * noise).transpose(-2, -1), grad_c)
@@ -164,9 +164,24 @@ class ChunkedDropoutAttention(torch.autograd.Function):
 
 
 def _key_bias(key_mask: Tensor, heads: int, dtype: torch.dtype) -> Tensor:
-    """Additive ``(B * H, 1, M)`` bias: 0 where a key may be attended to, -inf elsewhere."""
+    """Additive ``(B * H, 1, M)`` bias (``(B * H, N, M)`` for a per-query ``(B, N, M)`` mask): 0
+    where a key may be attended to, -inf elsewhere."""
     bias = torch.zeros(key_mask.shape, dtype=dtype, device=key_mask.device).masked_fill_(~key_mask, float("-inf"))
+    if key_mask.dim() == 3:
+        B, N, M = key_mask.shape
+        return bias[:, None].expand(-1, heads, -1, -1).reshape(B * heads, N, M)
     return bias[:, None, None, :].expand(-1, heads, 1, -1).reshape(-1, 1, key_mask.shape[-1])
+
+
+def _bias_rows(bias: Tensor, heads: slice, rows: slice) -> Tensor:
+    """The part of :func:`_key_bias`'s bias for a chunk: every row shares a key-padding bias."""
+    return bias[heads] if bias.shape[1] == 1 else bias[heads, rows]
+
+
+def attention_mask_4d(key_mask: Tensor) -> Tensor:
+    """Boolean ``(B, 1, 1 or N, M)`` attention mask for PyTorch's kernels from a ``(B, M)`` key
+    mask or a per-query ``(B, N, M)`` mask (True = may attend)."""
+    return key_mask[:, None] if key_mask.dim() == 3 else key_mask[:, None, None, :]
 
 
 def masked_attention(
@@ -204,7 +219,8 @@ def masked_attention(
             (default: ``False``)
 
     Shapes:
-        - q: ``(B, H, N, d)``; k: ``(B, H, M, d)``; v: ``(B, H, M, e)``; key_mask: ``(B, M)`` bool
+        - q: ``(B, H, N, d)``; k: ``(B, H, M, d)``; v: ``(B, H, M, e)``; key_mask: ``(B, M)`` bool,
+          or ``(B, N, M)`` for a mask per query (a causal one, :func:`redifu.nn.attention.causal_attention_mask`)
         - output: ``(B, H, N, e)``
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
@@ -221,11 +237,11 @@ def masked_attention(
         # values twice as wide); without them PyTorch materialises the map. Attend once per slice.
         # (docs/BENCHMARKS.md has no separate figure for this at the shipped configs.)
         return torch.cat([
-            F.scaled_dot_product_attention(q, k, part, attn_mask=key_mask[:, None, None, :], scale=scale)
+            F.scaled_dot_product_attention(q, k, part, attn_mask=attention_mask_4d(key_mask), scale=scale)
             for part in v.split(q.shape[-1], dim=-1)
         ], dim=-1)
     return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=dropout_p, is_causal=False, scale=scale
+        q, k, v, attn_mask=attention_mask_4d(key_mask), dropout_p=dropout_p, is_causal=False, scale=scale
     )
 
 
