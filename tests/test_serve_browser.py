@@ -135,3 +135,57 @@ def test_a_conversation_the_api_refuses_is_shown_on_the_page(page, served):
     assert message.startswith("The server refused the conversation (422): utterances[2]:")
     assert "'Cy' is distinct speaker number 3" in message
     assert page.is_enabled("#predict")  # ready for the next try
+
+
+@pytest.fixture(scope="module")
+def served_live(tmp_path_factory):
+    """(url, checkpoint) of `redifu serve` with a tiny causal model (live mode available)."""
+    import torch
+
+    from redifu.checkpoint import save_checkpoint
+    from redifu.model import ReDiFu, ReDiFuConfig
+    from test_serve import CLASSES
+
+    tmp = tmp_path_factory.mktemp("browser-live")
+    torch.manual_seed(0)
+    config = ReDiFuConfig(modality_dims={"text": 384}, num_classes=len(CLASSES), num_speakers=3, hidden_size=8,
+                          num_heads=2, dropout=0.1, window=2, graph_layers=1, fusion_layers=1, causal=True,
+                          attention_window=4)
+    checkpoint = save_checkpoint(tmp / "ckpt", ReDiFu(config), CLASSES)
+    port = free_port()
+    server = start_server(["--checkpoint", str(checkpoint), "--port", str(port)], tmp)
+    url = f"http://127.0.0.1:{port}"
+    wait_until_healthy(server, url, 180)
+    yield url, checkpoint
+    server.terminate()
+    server.communicate(timeout=60)
+
+
+def test_live_mode_shows_each_line_s_emotion_as_the_session_gives_it(page, served_live):
+    from redifu.predict import Predictor
+
+    url, checkpoint = served_live
+    page.goto(url)
+    page.locator("#live-line:not([disabled])").wait_for()
+    lines = [("Ann", "Did you eat my cake?"), ("Bob", "I am so sorry."), ("Ann", "Unbelievable!")]
+    for index, (speaker, text) in enumerate(lines):
+        page.fill("#live-line", f"{speaker}: {text}")
+        page.press("#live-line", "Enter")
+        page.locator(f"#live-{index}").wait_for()  # each answer arrives before the next line is typed
+    shown = page.eval_on_selector_all("#live-results li.utterance", "items => items.map(i => i.dataset.label)")
+    session = Predictor.from_pretrained(checkpoint, device="cpu").session()
+    assert shown == [session.add(speaker=s, text=t).label for s, t in lines]
+    assert page.is_hidden("#error")
+    page.fill("#live-line", "no colon here")
+    page.press("#live-line", "Enter")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "is not \"Speaker: text\"" in page.text_content("#error")
+    page.click("#live-reset")
+    assert page.locator("#live-results li").count() == 0
+
+
+def test_live_mode_is_off_for_a_model_that_reads_whole_conversations(page, served):
+    url, _ = served
+    page.goto(url)
+    page.wait_for_function("document.getElementById('live-help').textContent.includes('causal')")
+    assert page.is_disabled("#live-line") and page.is_disabled("#live-send")

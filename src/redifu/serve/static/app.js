@@ -98,9 +98,16 @@ function render(predictions, utterances) {
   results.replaceChildren();
   const open = document.getElementById("show-explanations").checked;
   predictions.forEach((prediction, index) => {
+    results.append(utteranceItem(prediction, utterances, index, `utterance-${index}`, open));
+  });
+  document.getElementById("empty").hidden = predictions.length > 0;
+}
+
+// One utterance with its emotion badge, probability bars and (where given) its explanation.
+function utteranceItem(prediction, utterances, index, id, open) {
     const colour = colourOf(prediction.label);
     const utterance = utterances[index];
-    const item = element("li", { id: `utterance-${index}`, className: "utterance", "data-label": prediction.label });
+    const item = element("li", { id, className: "utterance", "data-label": prediction.label });
     item.style.setProperty("--emotion", colour);
     item.append(element("div", { className: "utterance-head" },
       element("span", { className: "number", text: `#${index + 1}` }),
@@ -119,10 +126,83 @@ function render(predictions, utterances) {
                   element("span", { className: "bar", "aria-hidden": "true" }, fill),
                   element("span", { className: "bar-value", "data-label": label, text: `${percent}%` }));
     }
-    item.append(bars, explanation(prediction, utterances, open));
-    results.append(item);
+    item.append(bars);
+    if (open !== null) item.append(explanation(prediction, utterances, open));
+    return item;
+}
+
+// Live mode: one WebSocket session per conversation; each line sent gets its emotion back, in order.
+const live = { socket: null, utterances: [], pending: [], shown: 0 };
+
+function liveStatus(text) {
+  document.getElementById("live-status").textContent = text;
+}
+
+function liveSocket() {
+  if (live.socket && live.socket.readyState <= WebSocket.OPEN) return live.socket;
+  const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+  const socket = new WebSocket(`${scheme}${location.host}/live`);
+  socket.addEventListener("open", () => liveStatus("Live session open."));
+  socket.addEventListener("message", (event) => {
+    let answer = null;
+    try { answer = JSON.parse(event.data); } catch (_) { /* reported below */ }
+    const utterance = live.pending.shift();
+    if (!answer || typeof answer.detail === "string" || !answer.label) {
+      showError(`The server refused "${utterance ? shorten(`${utterance.speaker}: ${utterance.text}`, 40) : "?"}": ` +
+                `${answer && answer.detail ? answer.detail : event.data}`);
+      return;
+    }
+    live.utterances.push(utterance);
+    const index = live.utterances.length - 1;
+    document.getElementById("live-results").append(
+      utteranceItem(answer, live.utterances, index, `live-${index}`, null));
+    liveStatus(`${live.utterances.length} utterance${live.utterances.length === 1 ? "" : "s"} so far.`);
   });
-  document.getElementById("empty").hidden = predictions.length > 0;
+  socket.addEventListener("close", (event) => {
+    live.pending = [];
+    liveStatus(`Live session closed${event.reason ? `: ${event.reason}` : ""}; the next line starts a new one.`);
+    live.socket = null;
+    live.utterances = [];
+  });
+  live.socket = socket;
+  return socket;
+}
+
+function sendLive(event) {
+  event.preventDefault();
+  clearError();
+  const input = document.getElementById("live-line");
+  const line = input.value.trim();
+  if (!line) return;
+  const match = LINE_FORMAT.exec(line);
+  if (!match) {
+    showError(`"${shorten(line, 40)}" is not "Speaker: text" (a name, a colon, then what they said).`);
+    return;
+  }
+  const utterance = { speaker: match[1], text: match[2].trim() };
+  const socket = liveSocket();
+  const send = () => { live.pending.push(utterance); socket.send(JSON.stringify(utterance)); };
+  if (socket.readyState === WebSocket.OPEN) send();
+  else socket.addEventListener("open", send, { once: true });
+  input.value = "";
+}
+
+function resetLive() {
+  if (live.socket) live.socket.close(1000, "new conversation");
+  live.socket = null;
+  live.utterances = [];
+  live.pending = [];
+  document.getElementById("live-results").replaceChildren();
+  liveStatus("");
+}
+
+function enableLive(model) {
+  const available = model.live && model.live.available;
+  for (const id of ["live-line", "live-send", "live-reset"]) document.getElementById(id).disabled = !available;
+  if (!available) {
+    document.getElementById("live-help").textContent = "Live mode needs a causal model (model.causal=true, for " +
+      "example configs/meld-text-live.yaml); this server's model reads whole conversations.";
+  }
 }
 
 async function predict(event) {
@@ -162,6 +242,7 @@ async function describeModel() {
     const model = await response.json();
     if (!response.ok) throw new Error(model.detail || response.statusText);
     labels = model.labels;
+    enableLive(model);
     document.getElementById("speaker-slots").textContent = String(model.speaker_slots);
     const card = model.card && (model.card.name || model.card.title);
     info.textContent = `Model${card ? ` ${card}` : ""}: ${model.labels.length} emotions ` +
@@ -176,4 +257,6 @@ document.getElementById("show-explanations").addEventListener("change", (event) 
   for (const details of document.querySelectorAll("#results details")) details.open = event.target.checked;
 });
 document.getElementById("conversation-form").addEventListener("submit", predict);
+document.getElementById("live-form").addEventListener("submit", sendLive);
+document.getElementById("live-reset").addEventListener("click", resetLive);
 describeModel();
