@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from redifu import __version__
+from redifu.errors import UsageError
 
 log = logging.getLogger("redifu")
 
@@ -54,10 +55,6 @@ example:
     --output runs/tune-meld-text data.path=data/meld-text
   redifu train --config runs/tune-meld-text/best.yaml --seeds 0 1 2 3 4
 """
-
-
-class UsageError(Exception):
-    """A mistake in what the user asked for (reported in one line, exit status 2)."""
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

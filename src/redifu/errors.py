@@ -26,3 +26,7 @@ class DataError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint directory that is missing files or does not match its config."""
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for on the command line (reported in one line, exit status 2)."""

@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from redifu.cli import UsageError
+    from redifu.errors import UsageError
     from redifu.predict import Predictor
     from redifu.serve.server import serve
 
