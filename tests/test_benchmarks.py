@@ -92,11 +92,27 @@ def test_serve_load_runs_both_settings_without_errors(tmp_path):
     checkpoint = serve_load.build_checkpoint(tmp_path / "ckpt")
     args = argparse.Namespace(checkpoint=str(checkpoint), url=None, server_pid=None, clients=3, seconds=1.0,
                               warmup=0.2, sizes=[2, 6], batching=["1:0", "4:5"], transcripts=False, threads=1,
-                              timeout=60.0, json=None)
+                              timeout=60.0, json=None, rounds=1)
     result = serve_load.run(args)
     assert [(r["batching"], r["utterances"]) for r in result["rows"]] == [
         ("off (max-batch 1)", 2), ("off (max-batch 1)", 6), ("max-batch 4, wait 5 ms", 2), ("max-batch 4, wait 5 ms", 6)]
     assert all(r["errors"] == 0 and r["requests"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in result["rows"])
     assert all(s["rss_start_mb"] > 50 and s["rss_end_mb"] > 50 for s in result["servers"])
+    assert all(r["rss_mb"] > 50 for r in result["rows"])
     text = serve_load.render(result)
     assert "| batching | utterances / request |" in text and "ERRORS" not in text and "cores" in text
+
+
+@pytest.mark.integration
+def test_live_ws_runs_concurrent_sessions_without_errors():
+    pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'redifu[serve]'")
+    pytest.importorskip("websockets", reason="needs websockets: pip install 'redifu[serve]'")
+    import argparse
+
+    import live_ws
+
+    result = live_ws.run(argparse.Namespace(sessions=[1, 3], utterances=4, threads=1, timeout=60.0))
+    assert [(r["sessions"], r["utterances"]) for r in result["rows"]] == [(1, 4), (3, 12)]
+    assert all(r["errors"] == 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in result["rows"])
+    text = live_ws.render(result)
+    assert "| sessions at once |" in text and "ERRORS" not in text and "cores" in text
