@@ -175,15 +175,13 @@ def test_shipped_live_configs_are_their_recipe_plus_causal(live, base):
     assert set(base_config.model) - set(live_config.model) == set()
 
 
-def test_the_live_grid_compares_causal_with_the_full_text_path():
-    grid = load_grid(REPO / "grids" / "live.yaml")
-    real_text = load_grid(REPO / "grids" / "real-text.yaml")
+def test_the_real_text_grid_compares_causal_with_the_full_text_path():
+    grid = load_grid(REPO / "grids" / "real-text.yaml")
     assert grid.baseline == "ReDiFu text path" and list(grid.seeds) == [1, 2, 3]
-    assert grid.ablation == [(("meld-text-ft", "emorynlp-text-ft"), ("causal",))]
-    for name, dataset in grid.datasets.items():
-        assert dataset == real_text.datasets[name]
-    cells = list(grid.plan())
-    assert {(c.dataset, c.variant) for c in cells} == {(d, v) for d in grid.datasets for v in grid.variants}
+    assert (("meld-text-ft", "emorynlp-text-ft"), ("causal",)) in grid.ablation
+    cells = [c for c in grid.plan() if c.variant in ("causal", grid.baseline) and c.dataset.endswith("-ft")]
+    assert {(c.dataset, c.variant) for c in cells} == {(d, v) for d in ("meld-text-ft", "emorynlp-text-ft")
+                                                       for v in ("causal", grid.baseline)}
     for cell in cells:
         config = load_config(grid.datasets[cell.dataset].config, grid.cell_overrides(cell))
         assert config.model.get("causal", False) is (cell.variant == "causal")
