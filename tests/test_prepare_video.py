@@ -145,7 +145,7 @@ def test_three_modalities_train_then_predict_from_raw_video(prepared, meld, tmp_
     reader = predictor.read(source)
     [dialogue] = list(reader)
     train = {d.dialogue_id: d for d in load_stored_corpus(output).splits["train"]}
-    np.testing.assert_allclose(dialogue[0].features["visual"], train["0"].features["visual"][1], rtol=1e-6)
+    np.testing.assert_allclose(dialogue[0].features["visual"], train["0"].features["visual"][1], rtol=1e-5, atol=1e-5)  # float noise of other batch compositions
     assert dialogue[1].missing == {"visual": "no face found"} and reader.missing == {"visual": 1}
     np.testing.assert_array_equal(dialogue[1].features["visual"], predictor.training_means["visual"])
 
@@ -190,7 +190,7 @@ def test_emorynlp_cuts_utterances_out_of_one_episode_video(tmp_path):
     [train] = corpus.splits["train"]
     fresh = VisualFeatureExtractor(fps=4.0, cache_dir=tmp_path / "fresh", detector=extractor.detector)
     for u, (start, end) in enumerate(times[:2]):  # the segment, seeked to, not the clip from its start
-        np.testing.assert_allclose(train.features["visual"][u], fresh.extract_file(episode, start, end), rtol=1e-6)
+        np.testing.assert_allclose(train.features["visual"][u], fresh.extract_file(episode, start, end), rtol=1e-5, atol=1e-5)
     assert not np.allclose(train.features["visual"][0], train.features["visual"][1])
     np.testing.assert_allclose(train.features["visual"][2], train.features["visual"][:2].mean(0), rtol=1e-5)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
