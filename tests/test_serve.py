@@ -51,10 +51,10 @@ class HashTextEncoder:
         return np.asarray(rows, dtype=np.float32).reshape(len(texts), self.dimension)
 
 
-def save_tiny(directory: Path, dims=DIMS, speakers: int = 2) -> Path:
+def save_tiny(directory: Path, dims=DIMS, speakers: int = 2, **changes) -> Path:
     torch.manual_seed(0)
     config = ReDiFuConfig(modality_dims=dims, num_classes=len(CLASSES), num_speakers=speakers, hidden_size=8,
-                          num_heads=2, dropout=0.1, window=2, graph_layers=1, fusion_layers=1)
+                          num_heads=2, dropout=0.1, window=2, graph_layers=1, fusion_layers=1, **changes)
     return save_checkpoint(directory, ReDiFu(config), CLASSES)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -39,14 +38,8 @@ pytestmark = [pytest.mark.integration,
                                  "(or REDIFU_CHROMIUM=PATH)")]
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """(url, checkpoint) of a running `redifu serve`."""
-    import httpx
-
-    tmp = tmp_path_factory.mktemp("browser")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    checkpoint = Path(os.environ.get("REDIFU_SERVE_CHECKPOINT") or save_tiny(tmp / "ckpt", {"text": 384}))
+def serving(checkpoint: Path, tmp: Path):
+    """(url, checkpoint) of `redifu serve` on a free loopback port, stopped at the end."""
     port = free_port()
     server = start_server(["--checkpoint", str(checkpoint), "--port", str(port)], tmp)
     url = f"http://127.0.0.1:{port}"
@@ -54,6 +47,15 @@ def served(tmp_path_factory):
     yield url, checkpoint
     server.terminate()
     server.communicate(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(url, checkpoint) of a running `redifu serve`."""
+    tmp = tmp_path_factory.mktemp("browser")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    checkpoint = Path(os.environ.get("REDIFU_SERVE_CHECKPOINT") or save_tiny(tmp / "ckpt", {"text": 384}))
+    yield from serving(checkpoint, tmp)
 
 
 @pytest.fixture(scope="module")
@@ -140,25 +142,8 @@ def test_a_conversation_the_api_refuses_is_shown_on_the_page(page, served):
 @pytest.fixture(scope="module")
 def served_live(tmp_path_factory):
     """(url, checkpoint) of `redifu serve` with a tiny causal model (live mode available)."""
-    import torch
-
-    from redifu.checkpoint import save_checkpoint
-    from redifu.model import ReDiFu, ReDiFuConfig
-    from test_serve import CLASSES
-
     tmp = tmp_path_factory.mktemp("browser-live")
-    torch.manual_seed(0)
-    config = ReDiFuConfig(modality_dims={"text": 384}, num_classes=len(CLASSES), num_speakers=3, hidden_size=8,
-                          num_heads=2, dropout=0.1, window=2, graph_layers=1, fusion_layers=1, causal=True,
-                          attention_window=4)
-    checkpoint = save_checkpoint(tmp / "ckpt", ReDiFu(config), CLASSES)
-    port = free_port()
-    server = start_server(["--checkpoint", str(checkpoint), "--port", str(port)], tmp)
-    url = f"http://127.0.0.1:{port}"
-    wait_until_healthy(server, url, 180)
-    yield url, checkpoint
-    server.terminate()
-    server.communicate(timeout=60)
+    yield from serving(save_tiny(tmp / "ckpt", {"text": 384}, speakers=3, causal=True, attention_window=4), tmp)
 
 
 def test_live_mode_shows_each_line_s_emotion_as_the_session_gives_it(page, served_live):
