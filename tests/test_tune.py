@@ -167,6 +167,10 @@ def test_search_writes_best_json_and_trials(search, capsys):
     assert all(m["test"] is None for m in values)
     assert best["value"] == max(m["dev"]["weighted_f1"] for m in values)
     assert Path(best["run_dir"]) == out / "trials" / f"trial-{best['best_trial']:04d}"
+    table = (out / "trials.md").read_text().splitlines()
+    rows = [line for line in table if line.startswith("| ") and not line.startswith("| trial")]
+    assert len(rows) == 2 and rows[0].startswith(f"| {best['best_trial']} |")  # best first
+    assert f"{best['value']:.2f}" in rows[0] and best["command"] in "\n".join(table)
 
 
 def test_best_yaml_is_the_best_trials_config_and_trains(search, datasets, tmp_path):

@@ -7,6 +7,7 @@ Layout of a search directory::
     DIR/trials/trial-NNNN/        one training run per trial (config.yaml, checkpoint/, metrics.json)
     DIR/best.json                 best trial: number, dev weighted F1, params, counts, command
     DIR/best.yaml                 the base config with the best values: ``redifu train --config DIR/best.yaml``
+    DIR/trials.md                 every finished trial: its values, dev weighted F1, selected epoch, seconds
 
 A space file maps dotted config keys (the names ``key=value`` overrides use) to a search spec::
 
@@ -437,5 +438,33 @@ def write_best(study, base: Mapping[str, Any], *, output: Path, storage: str, se
               f"(trial {best.number}, {OBJECTIVE} {best.value:.2f}, {counts['complete']} trials)\n"
               f"#   redifu train --config {output / 'best.yaml'}\n")
     write_text_atomic(output / "best.yaml", header + yaml.safe_dump(apply_params(base, best.params), sort_keys=False))
+    write_text_atomic(output / "trials.md", trials_table(study, command=command))
     write_json_atomic(output / "best.json", summary)
     return summary
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return "—" if value is None else str(value)
+
+
+def trials_table(study, *, command: str | None = None) -> str:
+    """A Markdown table of the study's finished trials (complete and failed), best first."""
+    optuna = import_optuna()
+    TrialState = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+    keys = sorted({key for trial in trials for key in trial.params})
+    trials = sorted(trials, key=lambda t: (t.value is None, -(t.value or 0.0), t.number))
+    lines = [f"# Study {study.study_name!r}: {len(trials)} finished trials, best {OBJECTIVE} first", ""]
+    if command:
+        lines += [f"`{command}`", ""]
+    lines += ["| trial | " + " | ".join(keys) + f" | {OBJECTIVE} | selected epoch | seconds |",
+              "|" + "---|" * (len(keys) + 4)]
+    for trial in trials:
+        value = "failed" if trial.value is None else f"{trial.value:.2f}"
+        seconds = f"{trial.duration.total_seconds():.0f}" if trial.duration is not None else "—"
+        cells = [str(trial.number), *(_cell(trial.params.get(key)) for key in keys), value,
+                 _cell(trial.user_attrs.get("selected_epoch")), seconds]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
