@@ -49,6 +49,7 @@ SPACE = "training.lr: {low: 1.0e-3, high: 5.0e-3, log: true}\nmodel.dropout: {lo
     ("data.modalities: {choices: [[text], [text, audio]]}\n", ["data.modalities", "single values"]),
     ("model.fusion: {choices: [concat, sideways]}\n", ["model.fusion", "sideways"]),
     ("lr: {low: 1.0e-4, high: 1.0e-3}\n", ["lr", "dotted"]),
+    ("training.seed: {choices: [1, 2]}\n", ["training.seed", "--confirm"]),
     ("training.lr: [low, high\n", ["invalid YAML"]),
     ("", ["expected a mapping of config keys"]),
 ])
@@ -191,6 +192,49 @@ def test_rerun_of_a_finished_search_trains_nothing(search, capsys):
     output = capsys.readouterr().out
     assert "trial " not in output.split("best:")[0] and "of 2 complete trials" in output
     assert sorted(p.name for p in (root / "out" / "trials").iterdir()) == ["trial-0000", "trial-0001"]
+
+
+def test_confirm_retrains_the_best_trials_with_other_seeds_and_chooses_the_best_mean(search, capsys):
+    root, args = search
+    out = root / "out"
+    confirmed = [*args[:args.index("--seed")], "--confirm", "2", "--confirm-seeds", "5", "6",
+                 *args[args.index("--seed"):]]
+    assert main(confirmed) == 0
+    output = capsys.readouterr().out
+    best = json.loads((out / "best.json").read_text())
+    rows = best["confirmation"]["trials"]
+    assert best["confirmation"]["seeds"] == [0, 5, 6] and len(rows) == 2
+    for row in rows:  # the trial's own run, then one dev-only run per confirmation seed
+        runs = [out / "confirm" / f"trial-{row['trial']:04d}" / f"seed-{seed}" for seed in (5, 6)]
+        values = [json.loads((run / "metrics.json").read_text()) for run in runs]
+        assert all(m["test"] is None for m in values)
+        assert load_config(runs[0] / "config.yaml").training.seed == 5
+        assert row["dev"][1:] == [m["dev"]["weighted_f1"] for m in values]
+        assert row["mean"] == pytest.approx(sum(row["dev"]) / 3)
+        assert f"confirm trial {row['trial']}, seed 6" in output
+    chosen = max(rows, key=lambda r: r["mean"])
+    assert best["best_trial"] == chosen["trial"] and best["mean"] == pytest.approx(chosen["mean"])
+    assert load_config(out / "best.yaml") == load_config(out / "trials" / f"trial-{chosen['trial']:04d}" / "config.yaml")
+    assert "--confirm 2 --confirm-seeds 5 6 --seed 3" in best["command"]
+    assert f"chosen: trial {chosen['trial']}" in (out / "trials.md").read_text()
+    stamp = (out / "confirm" / f"trial-{rows[0]['trial']:04d}" / "seed-5" / "metrics.json").stat().st_mtime_ns
+    assert main(confirmed) == 0  # the finished confirmation runs are read back, not retrained
+    assert "confirm trial" in capsys.readouterr().out
+    assert (out / "confirm" / f"trial-{rows[0]['trial']:04d}" / "seed-5" / "metrics.json").stat().st_mtime_ns == stamp
+    assert main(args) == 0  # without --confirm: the best single trial again
+    assert "confirmation" not in json.loads((out / "best.json").read_text())
+
+
+@pytest.mark.parametrize("bad,needle", [(["--confirm-seeds", "0"], "other than the trials' own"),
+                                         (["--confirm", "-1"], "--confirm must be >= 0")])
+def test_confirm_mistakes_are_one_line(search, capsys, bad, needle):
+    _, args = search
+    tail = args[args.index("--seed"):]
+    head = args[:args.index("--seed")]
+    extra = bad if bad[0] == "--confirm" else ["--confirm", "1", *bad]
+    assert main([*head, *extra, "--seed", "3", *tail[2:]]) == 2
+    error = capsys.readouterr().err.strip()
+    assert needle in error and len(error.splitlines()) == 1
 
 
 @pytest.mark.parametrize("change", ["space", "config"])

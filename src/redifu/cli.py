@@ -50,6 +50,8 @@ resume: rerun the same command; a different space or config for the same study i
 shared storage: several machines run the same command with --storage URL (a database all of them
   reach, e.g. postgresql://user@host/db) and the same --study NAME; a dead worker's trial is failed
   and retried once it has been silent for 5 minutes. With the default storage, one command per DIR.
+confirm: a single run's dev score moves with its seed; --confirm 4 retrains the 4 best trials with
+  --confirm-seeds (default 1 2), dev only, and best.yaml takes the best mean over all their seeds.
 example:
   redifu tune --config configs/meld-text.yaml --space grids/text-space.yaml --trials 30 \\
     --output runs/tune-meld-text data.path=data/meld-text
@@ -406,6 +408,8 @@ def _tune_command(args: argparse.Namespace) -> str:
         words += ["--storage", redact(args.storage)]
     if args.study is not None:
         words += ["--study", args.study]
+    if args.confirm:  # before --seed, which ends --confirm-seeds' list
+        words += ["--confirm", str(args.confirm), "--confirm-seeds", *map(str, args.confirm_seeds)]
     words += ["--seed", str(args.seed), *args.overrides]
     return shlex.join(words)
 
@@ -432,9 +436,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     best = run_search(space_path=args.space, trials=args.trials, output=args.output, config_path=args.config,
                       overrides=args.overrides, storage=args.storage, study_name=args.study, seed=args.seed,
-                      command=_tune_command(args), on_trial=report)
+                      command=_tune_command(args), on_trial=report, confirm=args.confirm,
+                      confirm_seeds=args.confirm_seeds,
+                      on_confirm=lambda number, seed, value: print(
+                          f"confirm trial {number}, seed {seed}: {OBJECTIVE} {value:.2f}", flush=True))
     values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
-    print(f"best: trial {best['best_trial']}, {OBJECTIVE} {best['value']:.2f} of {best['n_trials']} complete trials "
+    chosen = f" (mean {best['mean']:.2f} over seeds {best['confirmation']['seeds']})" if "mean" in best else ""
+    print(f"best: trial {best['best_trial']}, {OBJECTIVE} {best['value']:.2f}{chosen} of {best['n_trials']} complete trials "
           f"[{values}] -> {Path(args.output) / 'best.yaml'} (redifu train --config {Path(args.output) / 'best.yaml'})")
     return 0
 
@@ -715,6 +723,12 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--storage", metavar="URL", help="Optuna database URL (default: sqlite:///DIR/study.db)")
     tune.add_argument("--study", metavar="NAME", help="study name in the storage (default: DIR's name)")
     tune.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default: 0)")
+    tune.add_argument("--confirm", type=int, default=0, metavar="K",
+                      help="retrain the K best trials with --confirm-seeds (dev only) and choose the best mean "
+                      "(default: 0, the best single trial)")
+    tune.add_argument("--confirm-seeds", type=int, nargs="+", default=[1, 2], metavar="S",
+                      help="training seeds of the confirmation runs (default: 1 2; put the list before another "
+                      "option, not before the key=value overrides)")
     tune.add_argument("overrides", nargs="*", metavar="key=value",
                       help="base config overrides, applied before each trial's values")
     tune.set_defaults(handler=cmd_tune)

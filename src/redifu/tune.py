@@ -8,6 +8,7 @@ Layout of a search directory::
     DIR/best.json                 best trial: number, dev weighted F1, params, counts, command
     DIR/best.yaml                 the base config with the best values: ``redifu train --config DIR/best.yaml``
     DIR/trials.md                 every finished trial: its values, dev weighted F1, selected epoch, seconds
+    DIR/confirm/trial-NNNN/seed-S/  with ``--confirm K``: the K best trials retrained with other seeds (dev only)
 
 A space file maps dotted config keys (the names ``key=value`` overrides use) to a search spec::
 
@@ -21,6 +22,11 @@ the study until ``trials`` trials are complete in total. Trials that were runnin
 was killed are failed and retried with the same parameters: with the default local storage at once
 on the next start (so two commands must not share one DIR without ``--storage``), with a shared
 ``--storage`` by Optuna's heartbeat once they have been silent for ``GRACE_SECONDS``.
+
+A dev split of a thousand utterances moves a single run's weighted F1 by the better part of a point
+from one seed to the next, so the best of many single-seed trials is partly the luckiest seed.
+``--confirm K`` retrains the K best trials with ``--confirm-seeds`` (dev only, like the trials) and
+chooses, for best.json and best.yaml, the one with the best mean dev weighted F1 over all its seeds.
 """
 
 from __future__ import annotations
@@ -175,6 +181,9 @@ def load_space(path: str | Path, base: Mapping[str, Any]) -> dict[str, Dimension
             parts, _ = parse_override(f"{key}=")
         except ConfigError as error:
             raise ConfigError(f"{path}: {error}") from None
+        if key == "training.seed":
+            raise ConfigError(f"{path}: training.seed: the seed is not a hyper-parameter (the best seed on dev is "
+                              "luck); --confirm K retrains the best trials with other seeds instead")
         dimension = _dimension(str(path), key, spec)
         for value in dimension.examples():
             try:
@@ -303,6 +312,9 @@ def run_search(
     seed: int = 0,
     command: str | None = None,
     on_trial: Callable[[TrialSummary], None] | None = None,
+    confirm: int = 0,
+    confirm_seeds: Sequence[int] = (1, 2),
+    on_confirm: Callable[[int, int, float], None] | None = None,
 ) -> dict[str, Any]:
     """Search until ``trials`` trials of the study are complete; write best.json and best.yaml.
 
@@ -317,12 +329,18 @@ def run_search(
         seed: Seed of the TPE sampler.
         command: The command line, recorded in best.json.
         on_trial: Called with a :class:`TrialSummary` after each trial this call runs.
+        confirm: Retrain the ``confirm`` best trials with ``confirm_seeds`` and choose by the mean
+            (0: the best single trial).
+        confirm_seeds: The training seeds of the confirmation runs (not the base config's seed).
+        on_confirm: Called with (trial number, seed, dev weighted F1) after each confirmation run.
 
     Returns:
         The content of best.json.
     """
     if trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {trials}")
+    if confirm < 0:
+        raise ConfigError(f"--confirm must be >= 0, got {confirm}")
     optuna = import_optuna()
     from redifu.data.loading import load_corpus
     from redifu.training.run import train
@@ -333,6 +351,10 @@ def run_search(
     if base_config.training.devices > 1:
         raise ConfigError("training.devices: redifu tune trains each trial in one process; use 1")
     space = load_space(space_path, base)
+    confirm_seeds = list(dict.fromkeys(int(seed) for seed in confirm_seeds))
+    if confirm and (not confirm_seeds or base_config.training.seed in confirm_seeds):
+        raise ConfigError(f"--confirm-seeds: need seeds other than the trials' own (training.seed="
+                          f"{base_config.training.seed}), got {confirm_seeds}")
     corpora: dict[str, Any] = {}
 
     def corpus_for(config: ExperimentConfig):
@@ -404,7 +426,48 @@ def run_search(
     if complete_count() < trials:
         raise ConfigError(f"{failures} trials failed (the last: {_last_error(study) or 'see -v'}); "
                           f"{complete_count()} of {trials} complete")
-    return write_best(study, base, output=output, storage=where, seed=seed, command=command)
+    confirmation = None
+    if confirm:
+        def run(params: Mapping[str, Any], run_dir: Path) -> float:
+            config = build_config(apply_params(base, params))
+            return float(train(config, run_dir, corpus=corpus_for(config), evaluate_test=False)["dev"]["weighted_f1"])
+
+        confirmation = confirm_best(study, output=output, k=confirm, seeds=confirm_seeds,
+                                    base_seed=base_config.training.seed, run=run, on_run=on_confirm)
+    return write_best(study, base, output=output, storage=where, seed=seed, command=command,
+                      confirmation=confirmation)
+
+
+def confirm_best(study, *, output: Path, k: int, seeds: Sequence[int], base_seed: int,
+                 run: Callable[[Mapping[str, Any], Path], float],
+                 on_run: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
+    """Retrain the ``k`` best complete trials with each of ``seeds`` into DIR/confirm/ and choose
+    the trial with the best mean dev weighted F1 over its own run and these.
+
+    A finished confirmation run (its metrics.json written) is read back instead of retrained, so a
+    killed confirmation resumes; an unfinished one is discarded and run again.
+    """
+    optuna = import_optuna()
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    top = sorted(complete, key=lambda t: (-t.value, t.number))[:k]
+    rows = []
+    for trial in top:
+        dev = [float(trial.value)]
+        for seed in seeds:
+            run_dir = output / "confirm" / f"trial-{trial.number:04d}" / f"seed-{seed}"
+            metrics_path = run_dir / "metrics.json"
+            if metrics_path.is_file():
+                value = float(json.loads(metrics_path.read_text())["dev"]["weighted_f1"])
+            else:
+                if run_dir.exists():
+                    shutil.rmtree(run_dir)
+                value = run({**trial.params, "training.seed": seed}, run_dir)
+            dev.append(value)
+            if on_run is not None:
+                on_run(trial.number, seed, value)
+        rows.append({"trial": trial.number, "dev": dev, "mean": sum(dev) / len(dev)})
+    chosen = max(rows, key=lambda row: row["mean"])  # the first (better single run) on a tie
+    return {"seeds": [base_seed, *seeds], "trials": rows, "chosen": chosen["trial"]}
 
 
 def _last_error(study) -> str | None:
@@ -413,11 +476,12 @@ def _last_error(study) -> str | None:
 
 
 def write_best(study, base: Mapping[str, Any], *, output: Path, storage: str, seed: int,
-               command: str | None) -> dict[str, Any]:
-    """Write DIR/best.json and DIR/best.yaml (the base config with the best values) atomically."""
+               command: str | None, confirmation: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write DIR/best.json, DIR/best.yaml (the base config with the best values) and DIR/trials.md
+    atomically; with a ``confirmation`` (:func:`confirm_best`), "best" is the trial it chose."""
     optuna = import_optuna()
     TrialState = optuna.trial.TrialState
-    best = study.best_trial
+    best = study.trials[confirmation["chosen"]] if confirmation else study.best_trial
     counts = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,)))
               for state in (TrialState.COMPLETE, TrialState.FAIL)}
     summary = {
@@ -434,11 +498,17 @@ def write_best(study, base: Mapping[str, Any], *, output: Path, storage: str, se
         "seed": seed,
         "command": command,
     }
+    chosen_by = f"{OBJECTIVE} {best.value:.2f}"
+    if confirmation:
+        summary["confirmation"] = dict(confirmation)
+        mean = next(row["mean"] for row in confirmation["trials"] if row["trial"] == best.number)
+        summary["mean"] = mean
+        chosen_by = f"mean {OBJECTIVE} {mean:.2f} over seeds {confirmation['seeds']}"
     header = (f"# redifu tune: the base config with the best values of study {study.study_name!r} "
-              f"(trial {best.number}, {OBJECTIVE} {best.value:.2f}, {counts['complete']} trials)\n"
+              f"(trial {best.number}, {chosen_by}, {counts['complete']} trials)\n"
               f"#   redifu train --config {output / 'best.yaml'}\n")
     write_text_atomic(output / "best.yaml", header + yaml.safe_dump(apply_params(base, best.params), sort_keys=False))
-    write_text_atomic(output / "trials.md", trials_table(study, command=command))
+    write_text_atomic(output / "trials.md", trials_table(study, command=command, confirmation=confirmation))
     write_json_atomic(output / "best.json", summary)
     return summary
 
@@ -449,8 +519,9 @@ def _cell(value: Any) -> str:
     return "—" if value is None else str(value)
 
 
-def trials_table(study, *, command: str | None = None) -> str:
-    """A Markdown table of the study's finished trials (complete and failed), best first."""
+def trials_table(study, *, command: str | None = None, confirmation: Mapping[str, Any] | None = None) -> str:
+    """A Markdown table of the study's finished trials (complete and failed), best first, and
+    the confirmation runs' table when there are some."""
     optuna = import_optuna()
     TrialState = optuna.trial.TrialState
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
@@ -467,4 +538,12 @@ def trials_table(study, *, command: str | None = None) -> str:
         cells = [str(trial.number), *(_cell(trial.params.get(key)) for key in keys), value,
                  _cell(trial.user_attrs.get("selected_epoch")), seconds]
         lines.append("| " + " | ".join(cells) + " |")
+    if confirmation:
+        seeds = confirmation["seeds"]
+        lines += ["", f"Confirmation: the {len(confirmation['trials'])} best trials retrained with seeds {seeds[1:]} "
+                  f"(the trials ran with seed {seeds[0]}); chosen: trial {confirmation['chosen']}", "",
+                  "| trial | " + " | ".join(f"seed {s}" for s in seeds) + f" | mean {OBJECTIVE} |",
+                  "|" + "---|" * (len(seeds) + 2)]
+        for row in sorted(confirmation["trials"], key=lambda r: -r["mean"]):
+            lines.append(f"| {row['trial']} | " + " | ".join(f"{v:.2f}" for v in row["dev"]) + f" | {row['mean']:.2f} |")
     return "\n".join(lines) + "\n"
