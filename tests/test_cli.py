@@ -104,6 +104,24 @@ def test_train_on_a_stored_dataset_path(tiny_corpus, tmp_path):
     assert metrics["dataset"]["name"] == tiny_corpus.metadata.name
 
 
+def test_dev_only_training_never_reads_test(tiny_corpus, tmp_path, capsys):
+    from redifu.data.store import save_corpus
+
+    save_corpus(tiny_corpus, tmp_path / "dataset")
+    (tmp_path / "dataset" / "test.safetensors").write_bytes(b"not a tensor file")  # reading it would fail
+    code = main(["train", "--dev-only", "--output", str(tmp_path / "run"), "--seeds", "1", "2",
+                 f"data.path={tmp_path / 'dataset'}", *[o for o in TINY if not o.startswith("data.")],
+                 "training.max_epochs=1"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "dev " in printed and "test " not in printed
+    for seed in (1, 2):
+        metrics = json.loads((tmp_path / "run" / f"seed-{seed}" / "metrics.json").read_text())
+        assert metrics["test"] is None and metrics["dev"]["weighted_f1"] >= 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["test"] is None and len(summary["dev"]["weighted_f1"]["values"]) == 2
+
+
 def test_missing_data_path_is_one_line(tmp_path, capsys):
     assert main(["train", "--output", str(tmp_path / "run"), f"data.path={tmp_path / 'nowhere'}"]) == 2
     err = capsys.readouterr().err

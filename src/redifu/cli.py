@@ -80,6 +80,8 @@ def _summary_table(summary: dict[str, Any]) -> str:
     header = f"{'split':<8}{'weighted F1':>17}{'accuracy':>17}{'macro F1':>17}"
     lines = [header, "-" * len(header)]
     for split in ("dev", "test"):
+        if summary[split] is None:  # --dev-only
+            continue
         cells = "".join(
             f"{summary[split][k]['mean']:>10.2f} ± {summary[split][k]['std']:<4.2f}"
             for k in ("weighted_f1", "accuracy", "macro_f1")
@@ -114,23 +116,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     seeds = args.seeds or [config.training.seed]
     if len(seeds) > 1 and args.resume:
         raise UsageError("--resume resumes one run; give its seed directory as --output")
-    corpus = load_corpus(config.data)
-    log.info(
-        "data: %s, %s train / %s dev / %s test utterances",
-        corpus.metadata.name, corpus.num_utterances("train"), corpus.num_utterances("dev"),
-        corpus.num_utterances("test"),
-    )
+    splits = ("train", "dev") if args.dev_only else ("train", "dev", "test")
+    corpus = load_corpus(config.data, splits=splits)
+    log.info("data: %s, %s utterances", corpus.metadata.name,
+             " / ".join(f"{corpus.num_utterances(split)} {split}" for split in splits))
     results = []
     for seed in seeds:
         run_config = replace(config, training=replace(config.training, seed=int(seed)))
         run_dir = output / f"seed-{seed}" if len(seeds) > 1 else output
-        metrics = train(run_config, run_dir, corpus=corpus, resume=args.resume)
+        metrics = train(run_config, run_dir, corpus=corpus, resume=args.resume, evaluate_test=not args.dev_only)
         if metrics is None:  # a non-zero DDP rank: rank 0 reports
             return 0
         results.append(metrics)
         print(f"\nrun {run_dir} (seed {seed}, selected epoch {metrics['selected_epoch']} on dev, "
               f"{metrics['seconds_per_epoch']:.1f} s/epoch, {metrics['num_parameters']:,} parameters)")
-        print(_metrics_table([("dev", metrics["dev"]), ("test", metrics["test"])]))
+        print(_metrics_table([(split, metrics[split]) for split in splits if split != "train"]))
     if len(results) > 1:
         summary = summarize(results)
         write_json_atomic(output / "summary.json", summary)
@@ -494,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train once per seed (DIR/seed-<s>/) and report mean and std")
     train.add_argument("--resume", action="store_true",
                        help="resume the interrupted run in --output DIR from DIR/lightning/last.ckpt")
+    train.add_argument("--dev-only", action="store_true",
+                       help="neither read nor evaluate the test split (\"test\": null in metrics.json): for "
+                       "choosing features or settings on dev before the one run that reads test")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. training.lr=1e-4")
     train.set_defaults(handler=cmd_train)
 

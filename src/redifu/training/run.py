@@ -322,6 +322,9 @@ def summarize(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and standard deviation (ddof=1 when several runs) over seeds."""
     summary: dict[str, Any] = {"seeds": [m["seed"] for m in metrics]}
     for split in ("dev", "test"):
+        if any(m[split] is None for m in metrics):  # dev-only runs
+            summary[split] = None
+            continue
         summary[split] = {}
         for key in SUMMARY_KEYS:
             values = np.array([m[split][key] for m in metrics], dtype=np.float64)
