@@ -197,8 +197,9 @@ def test_rerun_of_a_finished_search_trains_nothing(search, capsys):
 def test_confirm_retrains_the_best_trials_with_other_seeds_and_chooses_the_best_mean(search, capsys):
     root, args = search
     out = root / "out"
-    confirmed = [*args[:args.index("--seed")], "--confirm", "2", "--confirm-seeds", "5", "6",
-                 *args[args.index("--seed"):]]
+    seed_at = args.index("--seed")  # the seed list last, before the overrides, as users type it
+    confirmed = [*args[:seed_at], *args[seed_at:seed_at + 2], "--confirm", "2", "--confirm-seeds", "5", "6",
+                 *args[seed_at + 2:]]
     assert main(confirmed) == 0
     output = capsys.readouterr().out
     best = json.loads((out / "best.json").read_text())

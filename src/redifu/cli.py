@@ -99,11 +99,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     output = Path(args.output or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
     overrides = list(args.overrides)
     if args.seeds:  # `--seeds 1 2 key=value`: the greedy list also swallows the overrides
-        overrides = [s for s in args.seeds if "=" in s] + overrides
-        try:
-            args.seeds = [int(s) for s in args.seeds if "=" not in s]
-        except ValueError:
-            raise UsageError(f"--seeds takes integers, got {args.seeds}") from None
+        args.seeds, swallowed = _split_seeds("--seeds", args.seeds)
+        overrides = swallowed + overrides
     if args.resume:
         if args.config is not None:
             raise UsageError("--resume reads DIR/config.yaml; do not pass --config with it")
@@ -414,8 +411,19 @@ def _tune_command(args: argparse.Namespace) -> str:
     return shlex.join(words)
 
 
+def _split_seeds(option: str, words: Sequence[str]) -> tuple[list[int], list[str]]:
+    """The seeds of a greedy ``--seeds``-like list, and the ``key=value`` overrides it swallowed."""
+    try:
+        return [int(w) for w in words if "=" not in w], [w for w in words if "=" in w]
+    except ValueError:
+        raise UsageError(f"{option} takes integers, got {list(words)}") from None
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from redifu.tune import OBJECTIVE, TrialSummary, import_optuna, run_search
+
+    args.confirm_seeds, swallowed = _split_seeds("--confirm-seeds", args.confirm_seeds)
+    args.overrides = [*swallowed, *args.overrides]
 
     try:
         optuna = import_optuna()
@@ -729,9 +737,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--confirm", type=int, default=0, metavar="K",
                       help="retrain the K best trials with --confirm-seeds (dev only) and choose the best mean "
                       "(default: 0, the best single trial)")
-    tune.add_argument("--confirm-seeds", type=int, nargs="+", default=[1, 2], metavar="S",
-                      help="training seeds of the confirmation runs (default: 1 2; put the list before another "
-                      "option, not before the key=value overrides)")
+    tune.add_argument("--confirm-seeds", nargs="+", default=["1", "2"], metavar="S",
+                      help="training seeds of the confirmation runs (default: 1 2)")
     tune.add_argument("overrides", nargs="*", metavar="key=value",
                       help="base config overrides, applied before each trial's values")
     tune.set_defaults(handler=cmd_tune)
