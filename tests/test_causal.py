@@ -171,7 +171,8 @@ def test_shipped_live_configs_are_their_recipe_plus_causal(live, base):
     live_config, base_config = load_config(REPO / "configs" / f"{live}.yaml"), load_config(REPO / "configs" / f"{base}.yaml")
     assert live_config.data == base_config.data and live_config.training == base_config.training
     extra = {k: v for k, v in live_config.model.items() if base_config.model.get(k) != v}
-    assert extra.pop("causal") is True and set(extra) <= {"attention_window"}
+    assert extra.pop("causal") is True and set(extra) <= {"attention_window", "recurrent"}
+    assert extra.get("recurrent", "none") == "none"  # a recipe's bidirectional GRU reads later utterances
     assert set(base_config.model) - set(live_config.model) == set()
 
 
