@@ -1,7 +1,7 @@
 """Live conversations: per-utterance latency of ``ConversationSession.add`` along a conversation.
 
 For each setting (default: ``configs/meld-text-live.yaml``, and ``configs/iemocap-text.yaml`` +
-``model.causal=true``), a randomly initialised model at those settings (384-d precomputed text
+``model.causal=true model.recurrent=none``), a randomly initialised model at those settings (384-d precomputed text
 vectors, so the text encoder does not dominate) takes one long conversation utterance by
 utterance; at each of ``--positions`` (10, 100, 1,000, 10,000) the next ``--repeats`` calls of
 ``session.add`` are timed (p50 / p99). Beside it, the cost of re-running the whole prefix
@@ -35,7 +35,7 @@ from redifu.predict import Predictor  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {
     "meld-text-live": (REPO / "configs" / "meld-text-live.yaml", [], 7, 9),
-    "iemocap-text + causal": (REPO / "configs" / "iemocap-text.yaml", ["model.causal=true"], 6, 2),
+    "iemocap-text + causal": (REPO / "configs" / "iemocap-text.yaml", ["model.causal=true", "model.recurrent=none"], 6, 2),
 }
 TEXT_DIM = 384
 
