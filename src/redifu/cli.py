@@ -113,10 +113,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     seeds = args.seeds or [config.training.seed]
     if len(seeds) > 1 and args.resume:
         raise UsageError("--resume resumes one run; give its seed directory as --output")
-    splits = ("train", "dev") if args.dev_only else ("train", "dev", "test")
-    corpus = load_corpus(config.data, splits=splits)
+    evaluated = ("dev",) if args.dev_only else ("dev", "test")
+    corpus = load_corpus(config.data, splits=("train", *evaluated))
     log.info("data: %s, %s utterances", corpus.metadata.name,
-             " / ".join(f"{corpus.num_utterances(split)} {split}" for split in splits))
+             " / ".join(f"{corpus.num_utterances(split)} {split}" for split in ("train", *evaluated)))
     results = []
     for seed in seeds:
         run_config = replace(config, training=replace(config.training, seed=int(seed)))
@@ -127,7 +127,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         results.append(metrics)
         print(f"\nrun {run_dir} (seed {seed}, selected epoch {metrics['selected_epoch']} on dev, "
               f"{metrics['seconds_per_epoch']:.1f} s/epoch, {metrics['num_parameters']:,} parameters)")
-        print(_metrics_table([(split, metrics[split]) for split in splits if split != "train"]))
+        print(_metrics_table([(split, metrics[split]) for split in evaluated]))
     if len(results) > 1:
         summary = summarize(results)
         write_json_atomic(output / "summary.json", summary)
