@@ -175,6 +175,22 @@ def test_grid_mistakes_are_one_line_errors(tmp_path, text, message):
         load_grid(path)
 
 
+def test_a_real_text_column_with_a_variant_per_dataset_names_each_one(tmp_path):
+    from types import SimpleNamespace
+
+    from redifu.experiments.results_page import _column_overrides
+
+    grid = load_grid(write_tiny_grid(tmp_path / "grid.yaml"))
+    grid.variants.update({"gru a": ("model.recurrent=bigru", "training.lr=0.001"),
+                          "gru b": ("model.recurrent=bigru", "training.lr=0.0003")})
+    rows = [{"variants": ("full", "gru a")}, {"variants": ("full", "gru b")}, {"variants": ("full", "-")}]
+    results = SimpleNamespace(grid=grid)
+    assert _column_overrides(results, rows, 0) == "(the dataset config)"
+    assert _column_overrides(results, rows, 1) == ("gru a: model.recurrent=bigru, training.lr=0.001; "
+                                                   "gru b: model.recurrent=bigru, training.lr=0.0003")
+    assert _column_overrides(results, rows[:1], 1) == "model.recurrent=bigru, training.lr=0.001"
+
+
 # --- runner and results page ------------------------------------------------------------------
 
 @pytest.mark.integration
