@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from sklearn.metrics import f1_score
 from redifu.config import load_config
 from redifu.experiments.corruption import Corruption, corrupt_corpus, corrupt_dialogues, feature_moments
 from redifu.experiments.grid import load_grid
-from redifu.experiments.results_page import write_results
+from redifu.experiments.results_page import _column_overrides, write_results
 from redifu.experiments.runner import cell_finished, load_records, run_grid
 from redifu.experiments.stats import paired_difference, weighted_f1
 from redifu.errors import ConfigError
@@ -176,10 +177,6 @@ def test_grid_mistakes_are_one_line_errors(tmp_path, text, message):
 
 
 def test_a_real_text_column_with_a_variant_per_dataset_names_each_one(tmp_path):
-    from types import SimpleNamespace
-
-    from redifu.experiments.results_page import _column_overrides
-
     grid = load_grid(write_tiny_grid(tmp_path / "grid.yaml"))
     grid.variants.update({"gru a": ("model.recurrent=bigru", "training.lr=0.001"),
                           "gru b": ("model.recurrent=bigru", "training.lr=0.0003")})

@@ -114,9 +114,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if len(seeds) > 1 and args.resume:
         raise UsageError("--resume resumes one run; give its seed directory as --output")
     evaluated = ("dev",) if args.dev_only else ("dev", "test")
-    corpus = load_corpus(config.data, splits=("train", *evaluated))
+    splits = ("train", *evaluated)
+    corpus = load_corpus(config.data, splits=splits)
     log.info("data: %s, %s utterances", corpus.metadata.name,
-             " / ".join(f"{corpus.num_utterances(split)} {split}" for split in ("train", *evaluated)))
+             " / ".join(f"{corpus.num_utterances(split)} {split}" for split in splits))
     results = []
     for seed in seeds:
         run_config = replace(config, training=replace(config.training, seed=int(seed)))

@@ -137,14 +137,11 @@ def _real_text_tables(results: Results) -> list[str]:
 def _column_overrides(results: Results, rows: Sequence[Mapping[str, Any]], index: int) -> str:
     """The overrides of one real-text column's variants, each once, in order; a column whose rows
     run different variants (a baseline searched per dataset) names each variant before its own."""
-    variants = [v for v in dict.fromkeys(row["variants"][index] for row in rows) if v in results.grid.variants]
-
-    def listed(variant: str) -> str:
-        return ", ".join(results.grid.variants[variant]) or "(the dataset config)"
-
-    if len(variants) > 1:
-        return "; ".join(f"{variant}: {listed(variant)}" for variant in variants)
-    return listed(variants[0]) if variants else "(the dataset config)"
+    listed = {variant: ", ".join(results.grid.variants[variant]) or "(the dataset config)"
+              for variant in dict.fromkeys(row["variants"][index] for row in rows) if variant in results.grid.variants}
+    if len(listed) == 1:
+        return next(iter(listed.values()))
+    return "; ".join(f"{variant}: {overrides}" for variant, overrides in listed.items()) or "(the dataset config)"
 
 
 def _diff_text(difference: Difference | None) -> str:
